@@ -1,0 +1,39 @@
+"""Configuration: one settings object per process, read here and only here.
+
+Every field can be given as an environment variable ``TRACKGATE_<NAME>``
+(``TRACKGATE_REDIS_URL``, ``TRACKGATE_PORT``, ...); command-line flags of the
+``trackgate`` commands override them. ``docs/configuration.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trackgate.core.keys import Keys
+
+
+class CommonSettings(BaseSettings):
+    """What every trackgate process needs: where Redis is and how keys look."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACKGATE_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL; redis+cluster:// or ?cluster=1 selects Redis Cluster.",
+    )
+    key_prefix: str = Field("trackgate", description="Prefix of every Redis key.")
+    stream_shards: int = Field(
+        1, ge=1, le=1024, description="Number of record streams; devices are spread by IMEI."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = Field("text", pattern="^(text|json)$", description="text or json")
+    pod_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Name of this instance in device hashes (the pod name in Kubernetes).",
+    )
+
+    def keys(self) -> Keys:
+        return Keys(prefix=self.key_prefix, shards=self.stream_shards)

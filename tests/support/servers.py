@@ -1,0 +1,103 @@
+"""Start real processes for tests: redis-server on a free loopback port.
+
+No fakes: the suite needs ``redis-server`` on PATH (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 for both TCP and UDP right now."""
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+class RedisServer:
+    """A redis-server process owned by the test run."""
+
+    def __init__(self, port: int, workdir: Path, extra: list[str] | None = None) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.extra = extra or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH: run .ci/run or apt-get install redis-server")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.workdir),
+                "--save", "",
+                "--appendonly", "no",
+                "--protected-mode", "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextmanager
+def redis_server(extra: list[str] | None = None) -> Iterator[RedisServer]:
+    with tempfile.TemporaryDirectory(prefix="trackgate-redis-") as tmp:
+        server = RedisServer(free_port(), Path(tmp), extra)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def trackgate_env(**overrides: str) -> dict[str, str]:
+    """The environment for a trackgate subprocess, without the caller's TRACKGATE_ vars."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
+    env.update(overrides)
+    return env

@@ -1,0 +1,51 @@
+"""Redis clients from one URL, for a single server or a Redis Cluster.
+
+``redis://`` and ``rediss://`` give a plain client; ``redis+cluster://`` (or
+``?cluster=1`` on a plain URL) gives a cluster client that follows MOVED and
+ASK redirections. Callers get ``redis.asyncio`` objects and use only commands
+whose keys share one hash slot (see ``trackgate.core.keys``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+AsyncClient = aioredis.Redis | AsyncRedisCluster
+SyncClient = redis.Redis | RedisCluster
+
+
+def _split_cluster(url: str) -> tuple[str, bool]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    cluster = parts.scheme in ("redis+cluster", "rediss+cluster") or any(
+        k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in query
+    )
+    scheme = parts.scheme.replace("+cluster", "")
+    rest = urlencode([(k, v) for k, v in query if k != "cluster"])
+    return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), cluster
+
+
+def is_cluster_url(url: str) -> bool:
+    return _split_cluster(url)[1]
+
+
+def async_client(url: str, **options: Any) -> AsyncClient:
+    """An asyncio client for ``url``; ``options`` go to redis-py unchanged."""
+    plain, cluster = _split_cluster(url)
+    if cluster:
+        return AsyncRedisCluster.from_url(plain, **options)
+    return aioredis.Redis.from_url(plain, **options)
+
+
+def sync_client(url: str, **options: Any) -> SyncClient:
+    """A blocking client for ``url`` (tools and tests, never the event loop)."""
+    plain, cluster = _split_cluster(url)
+    if cluster:
+        return RedisCluster.from_url(plain, **options)
+    return redis.Redis.from_url(plain, **options)

@@ -56,5 +56,11 @@ class Keys:
     def command_log(self, imei: str) -> str:
         return f"{self.prefix}:cmdlog:{{{imei}}}"
 
+    def command_idempotency(self, imei: str, key: str) -> str:
+        return f"{self.prefix}:cmdidem:{{{imei}}}:{key}"
+
+    def command_rate(self, imei: str) -> str:
+        return f"{self.prefix}:cmdrate:{{{imei}}}"
+
     def events(self) -> str:
         return f"{self.prefix}:events"

@@ -38,6 +38,10 @@ class Keys:
     def records_for(self, imei: str) -> str:
         return self.records(self.shard_of(imei))
 
+    def deadletter(self, shard: int) -> str:
+        """Entries of ``records(shard)`` a consumer gave up on; same slot."""
+        return f"{self.prefix}:deadletter:{{s{shard}}}"
+
     def dedup(self, imei: str) -> str:
         return f"{self.prefix}:dedup:{{s{self.shard_of(imei)}}}:{imei}"
 

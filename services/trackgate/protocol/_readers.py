@@ -1,0 +1,477 @@
+"""Readers: complete frames and datagrams in, events out.
+
+``TcpServerConnection`` cuts the byte stream into frames and hands each one to
+``read_tcp_frame``; the public stateless helpers ``decode_tcp_frame`` and
+``decode_udp_datagram`` wrap the same code. Everything here works on bytes
+already in memory: waiting for more data is the connection's job.
+
+The record path runs for every record the gateway stores, on one core, so it
+is written for speed: one precompiled ``struct.Struct`` per record header, one
+per IO group size (cached), ``unpack_from`` on a memoryview, and IO pairs
+turned into a dict by C-level ``zip``/``map`` rather than a Python loop.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from trackgate.protocol._crc import crc16_ibm
+from trackgate.protocol._errors import (
+    BadImei,
+    BadPreamble,
+    BadUdpDatagram,
+    CountMismatch,
+    CrcMismatch,
+    MalformedFrame,
+    TruncatedFrame,
+    UnknownCodec,
+)
+from trackgate.protocol._events import (
+    AvlPacket,
+    AvlRecord,
+    GprsMessage,
+    UdpDatagram,
+)
+from trackgate.protocol._imei import PACKED_IMEI_SIZE, is_valid_imei, unpack_imei
+
+__all__ = [
+    "AVL_CODECS",
+    "CODEC_8",
+    "CODEC_8E",
+    "CODEC_12",
+    "CODEC_13",
+    "CODEC_14",
+    "CODEC_15",
+    "CODEC_16",
+    "GPRS_CODECS",
+    "MIN_DATA_LENGTH",
+    "TCP_ENVELOPE_SIZE",
+    "decode_tcp_frame",
+    "decode_udp_datagram",
+    "read_tcp_frame",
+]
+
+CODEC_8 = 0x08
+CODEC_8E = 0x8E
+CODEC_16 = 0x10
+CODEC_12 = 0x0C
+CODEC_13 = 0x0D
+CODEC_14 = 0x0E
+CODEC_15 = 0x0F
+AVL_CODECS = frozenset({CODEC_8, CODEC_8E, CODEC_16})
+GPRS_CODECS = frozenset({CODEC_12, CODEC_13, CODEC_14, CODEC_15})
+
+# Preamble (4) + data length (4) before the data field, CRC field (4) after it.
+TCP_ENVELOPE_SIZE = 12
+DATA_OFFSET = 8
+# Codec id, Number of Data 1 and Number of Data 2: a packet with no records.
+MIN_DATA_LENGTH = 3
+
+FRAME_HEAD = struct.Struct(">II")  # preamble, data field length
+_U32 = struct.Struct(">I")
+# Codec, quantity 1, type, size: the head of every GPRS message.
+_GPRS_HEAD = struct.Struct(">BBBI")
+_GPRS_HEAD_SIZE = _GPRS_HEAD.size
+# Packet length, packet id, not-usable byte, AVL packet id, IMEI length.
+_UDP_HEAD = struct.Struct(">HHBBH")
+_U16_PAIR = struct.Struct(">HH")
+
+# Record header: timestamp, priority, longitude, latitude, altitude, angle,
+# satellites, speed; then each codec's event id (and counts) in the same unpack.
+_REC_8 = struct.Struct(">QBiihHBHBB")  # + event id u8, total IO u8
+_REC_8E = struct.Struct(">QBiihHBHHH")  # + event id u16, total IO u16
+_REC_16 = struct.Struct(">QBiihHBHHBB")  # + event id u16, generation type, total
+
+_COORD_SCALE = 1e7
+_VALUE_CODES = ("B", "H", "I", "Q")  # IO groups of 1, 2, 4 and 8-byte values
+
+# Decimal keys of every possible IO id, so the record path never calls str().
+_IO_KEYS: tuple[str, ...] = tuple(str(i) for i in range(0x10000))
+_io_key = _IO_KEYS.__getitem__
+
+# IO-group structs are cached for counts up to this size; a record holds a few
+# dozen IOs, and larger counts (only seen in corrupt frames) are built per use
+# so that fuzzed input cannot grow the cache without bound.
+_GROUP_CACHE_MAX_COUNT = 255
+
+
+class _GroupStructs:
+    """Structs unpacking ``n`` (id, value) pairs of one id and value width."""
+
+    __slots__ = ("_cache", "_pair", "pair_size")
+
+    def __init__(self, id_code: str, value_code: str) -> None:
+        self._pair = id_code + value_code
+        self.pair_size = struct.calcsize(">" + self._pair)
+        self._cache: dict[int, struct.Struct] = {}
+
+    def get(self, count: int) -> struct.Struct:
+        found = self._cache.get(count)
+        if found is not None:
+            return found
+        made = struct.Struct(">" + self._pair * count)
+        if count <= _GROUP_CACHE_MAX_COUNT:
+            self._cache[count] = made
+        return made
+
+
+_GROUPS_U8_IDS = tuple(_GroupStructs("B", code) for code in _VALUE_CODES)
+_GROUPS_U16_IDS = tuple(_GroupStructs("H", code) for code in _VALUE_CODES)
+
+
+def _read_group(
+    view: memoryview,
+    pos: int,
+    count: int,
+    groups: _GroupStructs,
+    io: dict[str, int | str],
+) -> int:
+    """Read ``count`` (id, value) pairs at ``pos`` into ``io``; the new position."""
+    if count * groups.pair_size > len(view) - pos:
+        raise IndexError("IO group runs past the end of the data")
+    layout = groups.get(count)
+    values = layout.unpack_from(view, pos)
+    io.update(zip(map(_io_key, values[0::2]), values[1::2], strict=False))
+    return pos + layout.size
+
+
+def _records_codec8(view: memoryview, count: int) -> tuple[list[AvlRecord], int]:
+    records: list[AvlRecord] = []
+    pos = 0
+    unpack_head = _REC_8.unpack_from
+    head_size = _REC_8.size
+    for _ in range(count):
+        start = pos
+        ts, prio, lon, lat, alt, angle, sats, speed, event_id, _total = unpack_head(
+            view, pos
+        )
+        pos += head_size
+        io: dict[str, int | str] = {}
+        for groups in _GROUPS_U8_IDS:
+            n = view[pos]
+            pos += 1
+            if n:
+                pos = _read_group(view, pos, n, groups, io)
+        records.append(
+            AvlRecord(
+                ts,
+                prio,
+                lon / _COORD_SCALE,
+                lat / _COORD_SCALE,
+                alt,
+                angle,
+                sats,
+                speed,
+                event_id,
+                io,
+                None,
+                view[start:pos].tobytes(),
+            )
+        )
+    return records, pos
+
+
+def _records_codec16(view: memoryview, count: int) -> tuple[list[AvlRecord], int]:
+    records: list[AvlRecord] = []
+    pos = 0
+    unpack_head = _REC_16.unpack_from
+    head_size = _REC_16.size
+    for _ in range(count):
+        start = pos
+        (ts, prio, lon, lat, alt, angle, sats, speed, event_id, generation, _total) = (
+            unpack_head(view, pos)
+        )
+        pos += head_size
+        io: dict[str, int | str] = {}
+        for groups in _GROUPS_U16_IDS:
+            n = view[pos]
+            pos += 1
+            if n:
+                pos = _read_group(view, pos, n, groups, io)
+        records.append(
+            AvlRecord(
+                ts,
+                prio,
+                lon / _COORD_SCALE,
+                lat / _COORD_SCALE,
+                alt,
+                angle,
+                sats,
+                speed,
+                event_id,
+                io,
+                generation,
+                view[start:pos].tobytes(),
+            )
+        )
+    return records, pos
+
+
+def _records_codec8e(view: memoryview, count: int) -> tuple[list[AvlRecord], int]:
+    records: list[AvlRecord] = []
+    pos = 0
+    unpack_head = _REC_8E.unpack_from
+    head_size = _REC_8E.size
+    unpack_pair = _U16_PAIR.unpack_from
+    for _ in range(count):
+        start = pos
+        ts, prio, lon, lat, alt, angle, sats, speed, event_id, _total = unpack_head(
+            view, pos
+        )
+        pos += head_size
+        io: dict[str, int | str] = {}
+        for groups in _GROUPS_U16_IDS:
+            n = (view[pos] << 8) | view[pos + 1]
+            pos += 2
+            if n:
+                pos = _read_group(view, pos, n, groups, io)
+
+        # The variable-length group: (id u16, length u16, value) each.
+        n = (view[pos] << 8) | view[pos + 1]
+        pos += 2
+        for _ in range(n):
+            io_id, length = unpack_pair(view, pos)
+            pos += 4
+            value = view[pos : pos + length]
+            if len(value) != length:
+                raise IndexError("variable-length IO runs past the end of the data")
+            io[_IO_KEYS[io_id]] = value.hex()
+            pos += length
+
+        records.append(
+            AvlRecord(
+                ts,
+                prio,
+                lon / _COORD_SCALE,
+                lat / _COORD_SCALE,
+                alt,
+                angle,
+                sats,
+                speed,
+                event_id,
+                io,
+                None,
+                view[start:pos].tobytes(),
+            )
+        )
+    return records, pos
+
+
+_RecordReader = Callable[[memoryview, int], tuple[list[AvlRecord], int]]
+_RECORD_READERS: dict[int, _RecordReader] = {
+    CODEC_8: _records_codec8,
+    CODEC_8E: _records_codec8e,
+    CODEC_16: _records_codec16,
+}
+
+
+def read_avl_data(data: memoryview, base: int, frame_size: int) -> AvlPacket:
+    """Decode an AVL data field: codec id, Number of Data 1, records, Number of Data 2.
+
+    ``base`` is the offset of ``data`` in the caller's frame, used in errors.
+    """
+    codec = data[0]
+    reader = _RECORD_READERS.get(codec)
+    if reader is None:
+        raise UnknownCodec(f"codec 0x{codec:02x} is not an AVL codec", offset=base)
+    count = data[1]
+    count2 = data[-1]
+    if count != count2:
+        raise CountMismatch(
+            f"Number of Data 1 is {count}, Number of Data 2 is {count2}",
+            offset=base + len(data) - 1,
+        )
+
+    body = data[2:-1]
+    try:
+        records, end = reader(body, count)
+    except (struct.error, IndexError, ValueError):
+        raise MalformedFrame(
+            f"codec 0x{codec:02x}: {count} records do not fit in {len(body)} bytes",
+            offset=base + 2,
+            fatal=False,
+        ) from None
+    if end != len(body):
+        raise MalformedFrame(
+            f"codec 0x{codec:02x}: {count} records end {len(body) - end} bytes "
+            "before Number of Data 2",
+            offset=base + 2 + end,
+            fatal=False,
+        )
+    return AvlPacket(codec=codec, records=tuple(records), frame_size=frame_size)
+
+
+def _read_gprs_message(data: memoryview, base: int) -> GprsMessage:
+    """Decode a Codec 12/13/14/15 data field, parsed by its Size field."""
+    if len(data) < _GPRS_HEAD_SIZE + 1:
+        raise MalformedFrame(
+            f"a GPRS message needs {_GPRS_HEAD_SIZE + 1} bytes, the frame has "
+            f"{len(data)}",
+            offset=base,
+            fatal=False,
+        )
+    codec, quantity, msg_type, size = _GPRS_HEAD.unpack_from(data)
+    quantity2 = data[-1]
+    if quantity != quantity2:
+        raise CountMismatch(
+            f"Quantity 1 is {quantity}, Quantity 2 is {quantity2}",
+            offset=base + len(data) - 1,
+        )
+    body = data[_GPRS_HEAD_SIZE:-1]
+    if size != len(body):
+        raise MalformedFrame(
+            f"codec {codec}: Size says {size} bytes, the frame holds {len(body)}",
+            offset=base + 3,
+            fatal=False,
+        )
+
+    timestamp: int | None = None
+    imei: str | None = None
+    pos = 0
+    if codec in (CODEC_13, CODEC_15):
+        if len(body) < pos + _U32.size:
+            raise MalformedFrame(
+                f"codec {codec}: no room for the timestamp",
+                offset=base + _GPRS_HEAD_SIZE,
+                fatal=False,
+            )
+        (timestamp,) = _U32.unpack_from(body, pos)
+        pos += _U32.size
+    if codec in (CODEC_14, CODEC_15):
+        packed = body[pos : pos + PACKED_IMEI_SIZE].tobytes()
+        imei = unpack_imei(packed) if len(packed) == PACKED_IMEI_SIZE else None
+        if imei is None:
+            raise MalformedFrame(
+                f"codec {codec}: the IMEI field {packed.hex()!r} is not 8 BCD bytes",
+                offset=base + _GPRS_HEAD_SIZE + pos,
+                fatal=False,
+            )
+        pos += PACKED_IMEI_SIZE
+
+    return GprsMessage(
+        codec=codec,
+        type=msg_type,
+        payload=body[pos:].tobytes(),
+        timestamp=timestamp,
+        imei=imei,
+        quantity=quantity,
+    )
+
+
+def read_tcp_frame(frame: bytes, length: int) -> AvlPacket | GprsMessage:
+    """Decode one complete TCP frame whose header was already checked.
+
+    ``frame`` is exactly ``length + 12`` bytes: zero preamble, data length,
+    data field, CRC field. Errors raised here are never fatal: the frame's
+    bytes are accounted for, whatever they hold.
+    """
+    view = memoryview(frame)
+    data = view[DATA_OFFSET : DATA_OFFSET + length]
+    (crc_field,) = _U32.unpack_from(view, DATA_OFFSET + length)
+    crc = crc16_ibm(data)
+    if crc != crc_field:
+        raise CrcMismatch(
+            f"CRC field is 0x{crc_field:08x}, data gives 0x{crc:04x}",
+            offset=DATA_OFFSET + length,
+        )
+
+    codec = data[0]
+    if codec in AVL_CODECS:
+        return read_avl_data(data, DATA_OFFSET, len(frame))
+    if codec in GPRS_CODECS:
+        return _read_gprs_message(data, DATA_OFFSET)
+    raise UnknownCodec(f"codec 0x{codec:02x} is not supported", offset=DATA_OFFSET)
+
+
+def check_frame_head(preamble: int, length: int) -> None:
+    """Raise the fatal error a bad TCP frame header deserves, if any."""
+    if preamble != 0:
+        raise BadPreamble(
+            f"frame starts with 0x{preamble:08x}, not the zero preamble", offset=0
+        )
+    if length < MIN_DATA_LENGTH:
+        raise MalformedFrame(
+            f"data length {length} is below the minimum of {MIN_DATA_LENGTH}",
+            offset=4,
+        )
+
+
+def decode_tcp_frame(frame: bytes) -> AvlPacket | GprsMessage:
+    """Decode one complete TCP frame, preamble to CRC.
+
+    Args:
+        frame: exactly one frame; a stream with an IMEI, keep-alives or
+            several frames goes through ``decode_stream`` instead.
+
+    Returns:
+        ``AvlPacket`` for codecs 8, 8E and 16, ``GprsMessage`` for 12 to 15.
+
+    Raises:
+        TruncatedFrame: fewer bytes than the header announces.
+        MalformedFrame: more bytes than announced, a length below the
+            minimum, or records that do not fill the data field exactly.
+        BadPreamble, CrcMismatch, CountMismatch, UnknownCodec: as named.
+    """
+    frame = bytes(frame)
+    if len(frame) < DATA_OFFSET:
+        raise TruncatedFrame(
+            f"{len(frame)} bytes cannot hold a frame header", offset=len(frame)
+        )
+    preamble, length = FRAME_HEAD.unpack_from(frame)
+    check_frame_head(preamble, length)
+    wanted = length + TCP_ENVELOPE_SIZE
+    if len(frame) < wanted:
+        raise TruncatedFrame(
+            f"header announces {wanted} bytes, got {len(frame)}", offset=len(frame)
+        )
+    if len(frame) > wanted:
+        raise MalformedFrame(
+            f"header announces {wanted} bytes, got {len(frame)}", offset=wanted
+        )
+    return read_tcp_frame(frame, length)
+
+
+def decode_udp_datagram(data: bytes) -> UdpDatagram:
+    """Decode a device's UDP datagram (Codec 8, 8E or 16 payload).
+
+    Raises:
+        BadUdpDatagram: the length field does not match the datagram, or the
+            IMEI length does not fit.
+        BadImei: the IMEI is not 15 or 16 digits.
+        UnknownCodec, CountMismatch, MalformedFrame: as for TCP frames.
+        All of them are non-fatal: the next datagram is unaffected.
+    """
+    data = bytes(data)
+    head_size = _UDP_HEAD.size
+    if len(data) < head_size:
+        raise BadUdpDatagram(
+            f"{len(data)} bytes cannot hold a datagram header", offset=len(data)
+        )
+    length, packet_id, not_usable, avl_packet_id, imei_length = _UDP_HEAD.unpack_from(
+        data
+    )
+    if length != len(data) - 2:
+        raise BadUdpDatagram(
+            f"length field says {length} bytes follow, {len(data) - 2} do", offset=0
+        )
+    avl_start = head_size + imei_length
+    if avl_start + MIN_DATA_LENGTH > len(data):
+        raise BadUdpDatagram(
+            f"IMEI length {imei_length} leaves no room for AVL data", offset=6
+        )
+    raw_imei = data[head_size:avl_start]
+    if not is_valid_imei(raw_imei):
+        raise BadImei(
+            f"{raw_imei!r} is not a 15 or 16-digit IMEI", offset=head_size, fatal=False
+        )
+
+    view = memoryview(data)
+    packet = read_avl_data(view[avl_start:], avl_start, len(data) - avl_start)
+    return UdpDatagram(
+        packet_id=packet_id,
+        not_usable=not_usable,
+        avl_packet_id=avl_packet_id,
+        imei=raw_imei.decode("ascii"),
+        packet=packet,
+    )

@@ -1,0 +1,94 @@
+"""``trackgate bridge laravel``: feed a Laravel Redis queue from the streams.
+
+Reads ``TRACKGATE_*`` settings (flags override them), runs the bridge until
+SIGTERM or SIGINT, and with ``--stop-when-empty`` until every shard has
+nothing left (a backfill, a test, a benchmark). The bridge itself lives in
+``trackgate.bridge``; this module only wires settings, logging and signals.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+bridge_app = typer.Typer(
+    help="Consumers that forward the records streams to other systems.",
+    no_args_is_help=True,
+)
+
+
+@bridge_app.command("laravel")
+def laravel(
+    job: Annotated[
+        str | None,
+        typer.Option(help="PHP handler, App\\Jobs\\Ingest@handle [LARAVEL_JOB]"),
+    ] = None,
+    queue: Annotated[
+        str | None, typer.Option(help="Laravel queue name [LARAVEL_QUEUE]")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="record or packet [BRIDGE_MODE]")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group [BRIDGE_GROUP]")
+    ] = None,
+    consumer: Annotated[
+        str | None, typer.Option(help="Consumer name [BRIDGE_CONSUMER]")
+    ] = None,
+    stop_when_empty: Annotated[
+        bool, typer.Option(help="Exit once every shard has been read empty.")
+    ] = False,
+) -> None:
+    """Push one Laravel queue job per record (or packet), then ack the entry.
+
+    Delivery is at least once: after a crash between push and ack the same
+    records are pushed again, and the job's data carries the stream entry
+    id so the Laravel side can drop duplicates. See docs/laravel-bridge.md.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from pydantic import ValidationError
+
+    from trackgate.bridge import BridgeConfigError, BridgeSettings, build_bridge
+
+    flags: dict[str, Any] = {
+        "laravel_job": job, "laravel_queue": queue, "bridge_mode": mode,
+        "bridge_group": group, "bridge_consumer": consumer,
+    }  # fmt: skip
+    try:
+        settings = BridgeSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"bad bridge settings (flags or TRACKGATE_* env):\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> int:
+        try:
+            bridge = build_bridge(settings, stop_when_empty=stop_when_empty)
+        except BridgeConfigError as exc:
+            typer.echo(f"cannot start the bridge: {exc}", err=True)
+            return 2
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, bridge.stop)
+        try:
+            stats = await bridge.run()
+        finally:
+            await bridge.aclose()
+        typer.echo(
+            f"pushed {stats.pushed} jobs, acked {stats.acked} entries, "
+            f"dead-lettered {stats.dead_lettered}"
+        )
+        return 0
+
+    raise typer.Exit(asyncio.run(main()))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bridge_app, name="bridge")

@@ -26,8 +26,9 @@ def record(imei: str = IMEI, n: int = 0, **overrides: Any) -> dict[str, Any]:
         "timestamp": 1560161086000 + n * 1000,
         "received_at": 1764780000123,
         "priority": 1,
-        "longitude": 25.3011 + n / 10**7,
-        "latitude": -54.6872 - n / 10**7,
+        # Teltonika sends 1e-7 degrees: ingest writes at most 7 decimals.
+        "longitude": round(25.3011 + n / 10**7, 7),
+        "latitude": round(-54.6872 - n / 10**7, 7),
         "altitude": -6,
         "angle": 214,
         "satellites": 9,

@@ -1,0 +1,298 @@
+"""The record store: writes decoded AVL packets to Redis, exactly once.
+
+The ingest service calls :meth:`RecordStore.write` with a batch of packets
+from many devices and ACKs each device only for the packets that come back
+stored. One batch is one pipelined round trip: per packet, one Lua script
+appends the records that are new to the device's shard stream and remembers
+their digests (so a resent packet adds nothing), and one script updates the
+device's status hash.
+
+This module knows the record schema and the scripts; key names come from
+:mod:`trackgate.core.keys`. It does not decide when to ACK, retry or give up:
+that is the caller's policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from trackgate.core.keys import Keys
+from trackgate.core.redisconn import AsyncClient
+from trackgate.protocol import AvlRecord
+
+#: How many record digests a device's dedup window keeps. A device sends one
+#: packet and waits for its ACK, so a resend repeats at most the unACKed
+#: packet (at most 255 records by the wire format, about 28 in a 1280-byte
+#: packet); 512 covers two full packets and costs 4 KiB per active device.
+DEFAULT_DEDUP_WINDOW = 512
+
+#: How long an idle device's dedup window lives. A device that lost an ACK
+#: resends when it next connects, which can be days later after a long
+#: outage; a week covers that and lets abandoned windows expire.
+DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
+
+DIGEST_SIZE = 8
+
+RetentionStrategy = Literal["age", "length", "none"]
+
+
+class StoreError(Exception):
+    """Redis did not accept a write; nothing may be ACKed for it."""
+
+
+def _script(name: str) -> str:
+    return resources.files("trackgate.core").joinpath("lua", name).read_text()
+
+
+STORE_RECORDS_LUA = _script("store_records.lua")
+UPDATE_DEVICE_LUA = _script("update_device.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How the records streams are trimmed; trimming ignores consumer groups."""
+
+    strategy: RetentionStrategy = "age"
+    max_age_s: int = 7 * 24 * 3600
+    max_length: int = 10_000_000
+    approximate: bool = True
+
+    def trim_args(self, now_ms: int) -> tuple[str, str, str]:
+        approx = "1" if self.approximate else "0"
+        if self.strategy == "age":
+            return "minid", f"{max(now_ms - self.max_age_s * 1000, 0)}-0", approx
+        if self.strategy == "length":
+            return "maxlen", str(self.max_length), approx
+        return "none", "", approx
+
+
+@dataclass(slots=True)
+class PacketWrite:
+    """One decoded AVL packet of one device, waiting to be stored."""
+
+    imei: str
+    codec: int
+    records: Sequence[AvlRecord]
+    received_at: int
+    transport: str
+    peer: str
+    #: the first packet after a reconnect whose records are older than the
+    #: burst threshold: the device is emptying a backlog
+    burst: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What Redis did with one packet."""
+
+    stored: int = 0
+    duplicates: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def accepted(self) -> int:
+        """Records the device may forget: new ones plus resends already held."""
+        return self.stored + self.duplicates
+
+
+def record_digest(codec: int, record: AvlRecord) -> bytes:
+    """The identity of a record for deduplication: its wire bytes, hashed."""
+    return hashlib.blake2b(
+        bytes((codec,)) + record.raw, digest_size=DIGEST_SIZE
+    ).digest()
+
+
+def record_fields(
+    imei: str, codec: int, record: AvlRecord, received_at: str, transport: str
+) -> list[str]:
+    """The stream entry of one record as a flat field/value list."""
+    fields = [
+        "imei", imei,
+        "timestamp", str(record.timestamp),
+        "received_at", received_at,
+        "priority", str(record.priority),
+        "longitude", repr(record.longitude),
+        "latitude", repr(record.latitude),
+        "altitude", str(record.altitude),
+        "angle", str(record.angle),
+        "satellites", str(record.satellites),
+        "speed", str(record.speed),
+        "event_id", str(record.event_id),
+        "io", json.dumps(record.io, separators=(",", ":")),
+        "codec", str(codec),
+        "transport", transport,
+    ]  # fmt: skip
+    if record.generation_type is not None:
+        fields += ("generation_type", str(record.generation_type))
+    return fields
+
+
+def newest(records: Sequence[AvlRecord]) -> AvlRecord | None:
+    """The record with the greatest device time (packets may be newest-first)."""
+    return max(records, key=lambda r: r.timestamp, default=None)
+
+
+@dataclass
+class RecordStore:
+    """Writes packets of many devices in one round trip; see the module doc."""
+
+    client: AsyncClient
+    keys: Keys
+    retention: Retention = field(default_factory=Retention)
+    dedup_window: int = DEFAULT_DEDUP_WINDOW
+    dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S
+    #: WAITAOF before ACKing: (numlocal, numreplicas, timeout ms), or None
+    wait_aof: tuple[int, int, int] | None = None
+    _shas: tuple[str, str] | None = None
+
+    async def load_scripts(self) -> None:
+        """Load the Lua scripts (again after a Redis restart or failover)."""
+        records = await self.client.script_load(STORE_RECORDS_LUA)
+        device = await self.client.script_load(UPDATE_DEVICE_LUA)
+        self._shas = (str(records), str(device))
+
+    async def write(self, packets: Sequence[PacketWrite]) -> list[WriteResult]:
+        """Store ``packets``; one result per packet, in order.
+
+        Raises :class:`StoreError` when Redis could not be reached at all; a
+        packet that Redis refused on its own gets a result with ``error``.
+        """
+        if not packets:
+            return []
+        try:
+            try:
+                return await self._write_once(packets)
+            except NoScriptError:
+                await self.load_scripts()
+                return await self._write_once(packets)
+        except RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _write_once(self, packets: Sequence[PacketWrite]) -> list[WriteResult]:
+        if self._shas is None:
+            await self.load_scripts()
+        assert self._shas is not None
+        records_sha, device_sha = self._shas
+        now_ms = int(time.time() * 1000)
+        trim = self.retention.trim_args(now_ms)
+        window_bytes = str(self.dedup_window * DIGEST_SIZE)
+        ttl = str(self.dedup_ttl_s)
+
+        pipe = self.client.pipeline(transaction=False)
+        for packet in packets:
+            args: list[Any] = [window_bytes, ttl, *trim]
+            received_at = str(packet.received_at)
+            for record in packet.records:
+                fields = record_fields(
+                    packet.imei, packet.codec, record, received_at, packet.transport
+                )
+                args += (record_digest(packet.codec, record), len(fields) // 2)
+                args += fields
+            stream = self.keys.records_for(packet.imei)
+            pipe.evalsha(records_sha, 2, stream, self.keys.dedup(packet.imei), *args)
+            pipe.evalsha(device_sha, 1, self.keys.device(packet.imei), *_device_args(packet))
+            pipe.zadd(self.keys.devices(), {packet.imei: packet.received_at})
+        if self.wait_aof is not None:
+            pipe.execute_command("WAITAOF", *self.wait_aof)
+        replies = await pipe.execute(raise_on_error=False)
+
+        for reply in replies:
+            if isinstance(reply, NoScriptError):
+                raise reply
+        if self.wait_aof is not None:
+            durable = _check_waitaof(replies.pop(), self.wait_aof)
+            if durable is not None:
+                return [WriteResult(error=durable) for _ in packets]
+
+        results = []
+        for index in range(len(packets)):
+            stored_reply = replies[3 * index]
+            if isinstance(stored_reply, Exception):
+                results.append(WriteResult(error=str(stored_reply)))
+                continue
+            # The records are in; a failed status update does not lose data.
+            results.append(WriteResult(int(stored_reply[0]), int(stored_reply[1])))
+        return results
+
+
+def _device_args(packet: PacketWrite) -> list[str]:
+    latest = newest(packet.records)
+    head = [str(packet.received_at), packet.peer, packet.transport]
+    counts = [str(len(packet.records)), "0"]
+    tail = [packet.imei, "1" if packet.burst else "0"]
+    if latest is None:
+        return head + counts + ["", "", "", "", "", "", "", ""] + tail
+    position = [
+        repr(latest.latitude), repr(latest.longitude), str(latest.altitude),
+        str(latest.angle), str(latest.speed), str(latest.satellites),
+    ]  # fmt: skip
+    lag = str(packet.received_at - latest.timestamp)
+    return head + counts + [lag, str(latest.timestamp), *position] + tail
+
+
+def _check_waitaof(reply: Any, wanted: tuple[int, int, int]) -> str | None:
+    if isinstance(reply, ResponseError):
+        return f"WAITAOF refused: {reply}"
+    if isinstance(reply, Exception):
+        return f"WAITAOF failed: {reply}"
+    local, replicas = int(reply[0]), int(reply[1])
+    if local < wanted[0] or replicas < wanted[1]:
+        return f"WAITAOF reached {local} local / {replicas} replicas in {wanted[2]} ms"
+    return None
+
+
+SESSION_CLOSED_LUA = """
+if redis.call('HGET', KEYS[1], 'session_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'connected', '0', 'disconnected_at', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class SessionStore:
+    """Who holds a device's TCP session, in its status hash and on the bus."""
+
+    client: AsyncClient
+    keys: Keys
+
+    async def opened(
+        self, imei: str, session_id: str, *, pod: str, worker: str, peer: str,
+        started_at: int,
+    ) -> None:  # fmt: skip
+        """Record the new session as the device's owner and tell the others."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            self.keys.device(imei),
+            mapping={
+                "imei": imei, "connected": "1", "session_id": session_id,
+                "session_start": started_at, "seen_at": started_at, "pod": pod,
+                "worker": worker, "peer": peer, "transport": "tcp",
+            },
+        )  # fmt: skip
+        pipe.zadd(self.keys.devices(), {imei: started_at})
+        await pipe.execute()
+        await self.publish({"type": "session", "imei": imei, "session_id": session_id})
+
+    async def closed(self, imei: str, session_id: str, at: int) -> bool:
+        """Mark the device disconnected, unless a newer session owns it now."""
+        done = await self.client.eval(
+            SESSION_CLOSED_LUA, 1, self.keys.device(imei), session_id, str(at)
+        )
+        return bool(done)
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        await self.client.publish(self.keys.events(), json.dumps(message))

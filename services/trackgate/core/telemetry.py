@@ -1,0 +1,172 @@
+"""Metrics and traces: the only module that imports OpenTelemetry.
+
+Services call the small :class:`Telemetry` facade; instruments are created
+once, attribute names are constants, and the exported names are the ones the
+Grafana dashboard and ``docs/deploy.md`` list (``trackgate_records_total``,
+``trackgate_ack_latency_seconds``, ...). Metrics are exported for Prometheus
+through the OpenTelemetry Prometheus reader (which feeds prometheus_client's
+registry); traces go over OTLP/HTTP only when an endpoint is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+ATTR_TRANSPORT = "transport"
+ATTR_KIND = "kind"
+ATTR_REASON = "reason"
+ATTR_RESULT = "result"
+
+#: Seconds; ACKs and Redis writes live between a fraction of a millisecond
+#: and the device's response timeout (tens of seconds).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+)  # fmt: skip
+
+#: Seconds between device time and arrival: live data lags by about a
+#: second, a backlog after an outage by hours or days.
+LAG_BUCKETS = (
+    1, 2, 5, 10, 30, 60, 300, 900, 3600, 3 * 3600, 12 * 3600, 86400, 7 * 86400,
+)  # fmt: skip
+
+Gauge = Callable[[], Iterable[tuple[float, dict[str, str]]]]
+
+
+class Telemetry:
+    """The instruments of one process."""
+
+    def __init__(self, service: str, *, otlp_endpoint: str | None = None,
+                 trace_ratio: float = 0.01) -> None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        resource = Resource.create({"service.name": service})
+        self._provider = MeterProvider(
+            resource=resource, metric_readers=[PrometheusMetricReader()]
+        )
+        metrics.set_meter_provider(self._provider)
+        meter = self._provider.get_meter("trackgate")
+        self._meter = meter
+
+        self.connections_active = meter.create_up_down_counter(
+            "trackgate.connections.active", description="Open TCP connections"
+        )
+        self.accepts = meter.create_counter(
+            "trackgate.accepts", description="TCP connections accepted"
+        )
+        self.connections_refused = meter.create_counter(
+            "trackgate.connections.refused",
+            description="Connections closed at once by a limit, by reason",
+        )
+        self.handshakes = meter.create_counter(
+            "trackgate.handshakes", description="IMEI handshakes, by result"
+        )
+        self.records = meter.create_counter(
+            "trackgate.records", description="Records stored, by transport"
+        )
+        self.duplicates = meter.create_counter(
+            "trackgate.records.duplicate",
+            description="Resent records recognised and not stored again",
+        )
+        self.packets_refused = meter.create_counter(
+            "trackgate.packets.refused",
+            description="Packets not ACKed because they could not be stored",
+        )
+        self.decode_errors = meter.create_counter(
+            "trackgate.decode.errors", description="Malformed frames, by kind"
+        )
+        self.sessions_replaced = meter.create_counter(
+            "trackgate.sessions.replaced",
+            description="Sessions closed because the device connected again",
+        )
+        self.sessions_closed = meter.create_counter(
+            "trackgate.sessions.closed", description="Sessions ended, by reason"
+        )
+        self.bursts = meter.create_counter(
+            "trackgate.bursts",
+            description="Reconnects followed by records older than the threshold",
+        )
+        self.ack_latency = meter.create_histogram(
+            "trackgate.ack_latency", unit="s",
+            description="From a packet's last byte read to its ACK written",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.redis_latency = meter.create_histogram(
+            "trackgate.redis_write_latency", unit="s",
+            description="One pipelined Redis write of a batch of packets",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.record_lag = meter.create_histogram(
+            "trackgate.record_lag", unit="s",
+            description="Server time minus device time of each record",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS,
+        )  # fmt: skip
+        self.loop_lag = meter.create_histogram(
+            "trackgate.event_loop_lag", unit="s",
+            description="How late the event loop ran a timer",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )  # fmt: skip
+
+        tracer_provider = TracerProvider(
+            resource=resource, sampler=ParentBased(TraceIdRatioBased(trace_ratio))
+        )
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter,
+            )
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            tracer_provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint))
+            )
+        self.tracing = bool(otlp_endpoint)
+        self._tracer = tracer_provider.get_tracer("trackgate")
+        self._tracer_provider = tracer_provider
+
+    def gauge(self, name: str, description: str, read: Gauge) -> None:
+        """Export a value read on each scrape (queue lengths, limits)."""
+        self._meter.create_observable_gauge(
+            name, callbacks=[_callback(read)], description=description
+        )
+
+    def counter(self, name: str, description: str, read: Gauge) -> None:
+        """Export a cumulative counter read on each scrape (kernel counters)."""
+        self._meter.create_observable_counter(
+            name, callbacks=[_callback(read)], description=description
+        )
+
+    @contextmanager
+    def span(self, name: str, **attributes: Any) -> Iterator[Any]:
+        """A traced step; a no-op unless tracing is exported."""
+        if not self.tracing:
+            yield None
+            return
+        with self._tracer.start_as_current_span(name, attributes=attributes) as span:
+            yield span
+
+    def shutdown(self) -> None:
+        self._tracer_provider.shutdown()
+        self._provider.shutdown()
+
+
+def _callback(read: Gauge) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, attributes) for value, attributes in read()]
+
+    return observe
+
+
+def prometheus_text() -> bytes:
+    """The current metrics in the Prometheus text format."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    return generate_latest(REGISTRY)

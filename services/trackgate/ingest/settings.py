@@ -1,0 +1,84 @@
+"""Settings of the ingest service (``TRACKGATE_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from trackgate.core.settings import CommonSettings
+from trackgate.core.store import DEFAULT_DEDUP_TTL_S, DEFAULT_DEDUP_WINDOW
+from trackgate.protocol import DEFAULT_MAX_PACKET_SIZE
+
+
+class IngestSettings(CommonSettings):
+    """Everything ``trackgate ingest`` can be told."""
+
+    host: str = Field("0.0.0.0", description="Address of the tracker port.")
+    port: int = Field(5027, ge=1, le=65535, description="Tracker port, TCP and UDP.")
+    udp: bool = Field(True, description="Serve UDP datagrams on the same port.")
+    admin_host: str = Field("0.0.0.0", description="Address of the admin HTTP port.")
+    admin_port: int = Field(
+        9464, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0 = off."
+    )
+    workers: int = Field(0, ge=0, le=256, description="Worker processes; 0 = CPUs.")
+    backlog: int = Field(
+        0, ge=0, description="listen() backlog; 0 = net.core.somaxconn, followed."
+    )
+    max_packet_size: int = Field(
+        DEFAULT_MAX_PACKET_SIZE, ge=64, le=1 << 20,
+        description="Largest frame accepted; a longer length field closes the link.",
+    )  # fmt: skip
+    max_connections: int = Field(
+        50_000, ge=1, description="Open TCP connections per worker."
+    )
+    max_connections_per_ip: int = Field(
+        2_000, ge=1,
+        description="Per source address and worker; carriers' NAT puts many "
+        "devices behind one address, so keep it generous.",
+    )  # fmt: skip
+    handshake_timeout_s: float = Field(
+        15.0, gt=0, description="Close a connection that sent no IMEI by then."
+    )
+    idle_timeout_s: float = Field(
+        1800.0, gt=0,
+        description="Close a session silent this long; above the devices' open "
+        "link timeout and keep-alive period.",
+    )  # fmt: skip
+    keepalive_idle_s: int = Field(60, ge=1, description="TCP_KEEPIDLE")
+    keepalive_interval_s: int = Field(15, ge=1, description="TCP_KEEPINTVL")
+    keepalive_count: int = Field(4, ge=1, description="TCP_KEEPCNT")
+    user_timeout_s: int = Field(
+        60, ge=0, description="TCP_USER_TIMEOUT: unacknowledged data this long kills"
+    )
+    store_timeout_s: float = Field(
+        20.0, gt=0,
+        description="How long a packet waits for Redis before the link is closed "
+        "unACKed (the device resends it).",
+    )  # fmt: skip
+    drain_seconds: float = Field(
+        20.0, ge=0, description="Grace period on SIGTERM before sessions are cut."
+    )
+    burst_threshold_s: int = Field(
+        600, ge=1, description="A reconnect followed by records older than this "
+        "is counted as a burst."
+    )  # fmt: skip
+    dedup_window: int = Field(DEFAULT_DEDUP_WINDOW, ge=16, le=65536)
+    dedup_ttl_s: int = Field(DEFAULT_DEDUP_TTL_S, ge=60)
+    retention: str = Field(
+        "age", pattern="^(age|length|none)$",
+        description="How streams are trimmed: by age, by length, or never.",
+    )  # fmt: skip
+    retention_age_s: int = Field(7 * 86400, ge=60)
+    retention_length: int = Field(10_000_000, ge=1000)
+    wait_aof: str = Field(
+        "", pattern=r"^(|\d+,\d+,\d+)$",
+        description="'numlocal,numreplicas,timeout_ms': WAITAOF before ACKing.",
+    )  # fmt: skip
+    write_batch: int = Field(256, ge=1, le=10_000, description="Packets per Redis write")
+    otlp_endpoint: str = Field("", description="OTLP/HTTP traces endpoint; empty = off")
+    trace_ratio: float = Field(0.01, ge=0, le=1)
+
+    def wait_aof_args(self) -> tuple[int, int, int] | None:
+        if not self.wait_aof:
+            return None
+        local, replicas, timeout = (int(v) for v in self.wait_aof.split(","))
+        return local, replicas, timeout

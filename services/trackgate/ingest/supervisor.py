@@ -1,0 +1,276 @@
+"""The ingest supervisor: N worker processes and the pod's admin port.
+
+``trackgate ingest`` runs this. It starts one worker process per CPU (or
+``--workers``); each binds the tracker port with SO_REUSEPORT, so the kernel
+spreads connections over them. A worker that dies is started again with
+backoff. SIGTERM (or SIGINT) is passed on to the workers, which drain; any
+still running after the grace period is killed.
+
+The admin HTTP port serves ``/healthz`` (the supervisor and every worker
+alive), ``/readyz`` (every worker listening with Redis reachable) and
+``/metrics`` (all workers' metrics, merged, each sample labelled with its
+worker). Workers serve their own admin endpoints on loopback ports chosen
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from trackgate.ingest.settings import IngestSettings
+from trackgate.ingest.sockets import read_somaxconn
+
+log = logging.getLogger("trackgate.ingest.supervisor")
+
+#: Restart backoff for a crashing worker, capped so a bad deploy does not
+#: spin a CPU; reset after a worker lived this long.
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+HEALTHY_AFTER_S = 60.0
+#: A worker that dies this soon after start this many times in a row cannot
+#: start (port taken, bad settings): the supervisor exits instead of looping.
+QUICK_EXIT_S = 5.0
+GIVE_UP_AFTER = 4
+#: Below this the kernel cap on the backlog is too low for a reconnect storm.
+LOW_SOMAXCONN = 1024
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    admin_port: int
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    restarts: int = 0
+    failures_in_row: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_count(settings: IngestSettings) -> int:
+    if settings.workers:
+        return settings.workers
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def worker_env(settings: IngestSettings) -> dict[str, str]:
+    """The environment that gives a worker exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
+    for name, value in settings.model_dump().items():
+        env[f"TRACKGATE_{name.upper()}"] = str(value).lower() if isinstance(
+            value, bool
+        ) else str(value)
+    return env
+
+
+class Supervisor:
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.workers = [
+            WorkerProcess(i, _free_loopback_port()) for i in range(worker_count(settings))
+        ]
+        self.stopping = False
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self) -> int:
+        self._check_backlog()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
+        runner = await self._start_admin()
+        watchers = [asyncio.create_task(self._keep(w)) for w in self.workers]
+        log.info(
+            "ingest started workers=%d port=%d admin_port=%d",
+            len(self.workers), self.settings.port, self.settings.admin_port,
+        )  # fmt: skip
+        done, _ = await asyncio.wait(
+            [asyncio.create_task(stop.wait()), *watchers],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        failed = any(t in done and t.result() is False for t in watchers)
+        await self._stop_workers()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await self._session.close()
+        if runner is not None:
+            await runner.cleanup()
+        log.info("ingest stopped")
+        return 1 if failed else 0
+
+    def _check_backlog(self) -> None:
+        somaxconn = read_somaxconn()
+        wanted = self.settings.backlog or somaxconn
+        effective = min(wanted, somaxconn)
+        log.info("listen backlog=%d (net.core.somaxconn=%d)", effective, somaxconn)
+        if self.settings.backlog and self.settings.backlog > somaxconn:
+            log.warning(
+                "the kernel caps the listen backlog at net.core.somaxconn=%d, "
+                "below the %d asked for: raise it (see docs/deploy.md)",
+                somaxconn, self.settings.backlog,
+            )  # fmt: skip
+        elif somaxconn < LOW_SOMAXCONN:
+            log.warning(
+                "net.core.somaxconn=%d is low for reconnect storms; SYNs will be "
+                "dropped once the accept queue is full", somaxconn,
+            )  # fmt: skip
+
+    async def _spawn(self, worker: WorkerProcess) -> None:
+        worker.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "trackgate.ingest.worker_main",
+            str(worker.index), str(worker.admin_port),
+            env=worker_env(self.settings),
+        )  # fmt: skip
+        worker.started = time.monotonic()
+
+    async def _keep(self, worker: WorkerProcess) -> bool:
+        """Run a worker, restarting it; False when it cannot start at all."""
+        while not self.stopping:
+            await self._spawn(worker)
+            assert worker.process is not None
+            code = await worker.process.wait()
+            if self.stopping:
+                return True
+            worker.exit_codes = (worker.exit_codes + [code])[-10:]
+            lived = time.monotonic() - worker.started
+            if lived > HEALTHY_AFTER_S:
+                worker.failures_in_row = 0
+            worker.failures_in_row += 1
+            if lived < QUICK_EXIT_S and worker.failures_in_row >= GIVE_UP_AFTER:
+                log.error(
+                    "worker %d exits at start (code %d, %d times): giving up",
+                    worker.index, code, worker.failures_in_row,
+                )  # fmt: skip
+                return False
+            delay = RESTART_DELAYS[min(worker.failures_in_row, len(RESTART_DELAYS) - 1)]
+            log.warning(
+                "worker %d exited with %d after %.1f s; restarting in %.1f s",
+                worker.index, code, lived, delay,
+            )  # fmt: skip
+            worker.restarts += 1
+            await asyncio.sleep(delay)
+        return True
+
+    async def _stop_workers(self) -> None:
+        self.stopping = True
+        running = [w.process for w in self.workers
+                   if w.process is not None and w.process.returncode is None]  # fmt: skip
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        grace = self.settings.drain_seconds + 5.0
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(p.wait() for p in running)), timeout=grace
+            )
+        except TimeoutError:
+            for process in running:
+                if process.returncode is None:
+                    log.warning("worker pid %d did not stop in %.0f s: killed",
+                                process.pid, grace)  # fmt: skip
+                    process.kill()
+            await asyncio.gather(*(p.wait() for p in running))
+
+    # admin HTTP
+
+    async def _start_admin(self) -> web.AppRunner | None:
+        if not self.settings.admin_port:
+            return None
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, self.settings.admin_host, self.settings.admin_port, reuse_port=True
+        )
+        await site.start()
+        return runner
+
+    async def _fetch(self, worker: WorkerProcess, path: str) -> tuple[int, str]:
+        assert self._session is not None
+        url = f"http://127.0.0.1:{worker.admin_port}{path}"
+        try:
+            async with self._session.get(url) as response:
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return 0, str(exc)
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        alive = [
+            w.process is not None and w.process.returncode is None for w in self.workers
+        ]
+        status = 200 if all(alive) else 503
+        return web.json_response({"workers": len(alive), "alive": sum(alive)},
+                                 status=status)  # fmt: skip
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        answers = await asyncio.gather(*(self._fetch(w, "/readyz") for w in self.workers))
+        ready = [code == 200 for code, _ in answers]
+        ok = all(ready) and not self.stopping
+        return web.json_response(
+            {"ready": ok, "workers": len(ready), "workers_ready": sum(ready)},
+            status=200 if ok else 503,
+        )
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        answers = await asyncio.gather(*(self._fetch(w, "/metrics") for w in self.workers))
+        texts = {w.index: text for w, (code, text) in zip(self.workers, answers,
+                                                          strict=True) if code == 200}
+        body = merge_metrics(texts)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+class _Merged(Collector):
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, text in sorted(self.texts.items()):
+            for family in text_string_to_metric_families(text):
+                target = merged.get(family.name)
+                if target is None:
+                    target = Metric(family.name, family.documentation, family.type,
+                                    family.unit)  # fmt: skip
+                    merged[family.name] = target
+                for sample in family.samples:
+                    labels = dict(sample.labels)
+                    labels["worker"] = str(index)
+                    for scope in ("otel_scope_name", "otel_scope_version",
+                                  "otel_scope_schema_url"):  # fmt: skip
+                        labels.pop(scope, None)
+                    target.add_sample(sample.name, labels, sample.value,
+                                      sample.timestamp, sample.exemplar)  # fmt: skip
+        yield from merged.values()
+
+
+def merge_metrics(texts: dict[int, str]) -> bytes:
+    """Several workers' Prometheus texts as one, with a ``worker`` label."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(texts))
+    return generate_latest(registry)

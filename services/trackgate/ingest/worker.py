@@ -1,0 +1,526 @@
+"""One ingest worker process: an event loop serving the tracker port.
+
+The worker opens its own listening TCP socket and UDP socket on the shared
+port (SO_REUSEPORT: the kernel spreads connections and datagrams over the
+workers), holds the live sessions by IMEI, owns the group-commit writer and
+Redis clients, and runs the background duties: timeouts, the control bus
+(session take-overs, command wake-ups), following ``net.core.somaxconn``,
+and measuring itself. The supervisor (:mod:`trackgate.ingest.supervisor`)
+starts, restarts and stops workers; sessions do the per-connection work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from typing import Any, cast
+
+from aiohttp import web
+
+from trackgate.core import telemetry as tm
+from trackgate.core.logs import LogLimiter
+from trackgate.core.redisconn import AsyncClient, async_client, is_cluster_url
+from trackgate.core.store import (
+    PacketWrite,
+    RecordStore,
+    Retention,
+    SessionStore,
+    StoreError,
+    WriteResult,
+)
+from trackgate.ingest.settings import IngestSettings
+from trackgate.ingest.session import TcpSession
+from trackgate.ingest.sockets import (
+    configure_listener,
+    listen_queue,
+    open_listeners,
+    read_somaxconn,
+)
+from trackgate.protocol import (
+    GprsMessage,
+    RemoteProtocolError,
+    decode_udp_datagram,
+    udp_ack,
+)
+
+log = logging.getLogger("trackgate.ingest")
+
+#: How often timeouts, somaxconn and the parent process are checked.
+SWEEP_INTERVAL_S = 1.0
+LOOP_LAG_INTERVAL_S = 0.25
+
+
+class Worker:
+    """State of one worker: sockets, sessions, writer, background tasks."""
+
+    def __init__(self, settings: IngestSettings, index: int = 0) -> None:
+        self.settings = settings
+        self.index = index
+        self.name = f"{settings.pod_name}/{index}"
+        self.keys = settings.keys()
+        self.telemetry = tm.Telemetry(
+            "trackgate-ingest",
+            otlp_endpoint=settings.otlp_endpoint or None,
+            trace_ratio=settings.trace_ratio,
+        )
+        self.redis: AsyncClient = async_client(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+            health_check_interval=15,
+        )  # fmt: skip
+        self.store = RecordStore(
+            self.redis,
+            self.keys,
+            retention=Retention(
+                strategy=settings.retention,  # type: ignore[arg-type]
+                max_age_s=settings.retention_age_s,
+                max_length=settings.retention_length,
+            ),
+            dedup_window=settings.dedup_window,
+            dedup_ttl_s=settings.dedup_ttl_s,
+            wait_aof=settings.wait_aof_args(),
+        )
+        self.sessions_store = SessionStore(self.redis, self.keys)
+        from trackgate.ingest.writer import BatchWriter
+
+        self.writer = BatchWriter(
+            self.store, self.telemetry, max_batch=settings.write_batch,
+            timeout=settings.store_timeout_s,
+        )  # fmt: skip
+        self.connections: set[TcpSession] = set()
+        self.sessions: dict[str, TcpSession] = {}
+        self.per_ip: Counter[str] = Counter()
+        self.listeners: list[socket.socket] = []
+        self.backlog = 0
+        self.servers: list[asyncio.AbstractServer] = []
+        self.udp_transports: list[asyncio.DatagramTransport] = []
+        self.limiter = LogLimiter()
+        self.stopping = False
+        self.listening = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._parent = os.getppid()
+        self._register_gauges()
+
+    # lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.backlog = self.settings.backlog or read_somaxconn()
+        self.listeners = open_listeners(
+            self.settings.host, self.settings.port, socket.SOCK_STREAM
+        )
+        for sock in self.listeners:
+            configure_listener(sock, self.settings)
+            server = await loop.create_server(
+                lambda: TcpSession(self), sock=sock, backlog=self.backlog
+            )
+            self.servers.append(server)
+        if self.settings.udp:
+            for sock in open_listeners(
+                self.settings.host, self.settings.port, socket.SOCK_DGRAM
+            ):
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: UdpEndpoint(self), sock=sock
+                )
+                self.udp_transports.append(transport)
+        self.writer.start()
+        self.listening = True
+        self._spawn(self._sweep(), "sweep")
+        self._spawn(self._bus(), "bus")
+        self._spawn(self._loop_lag(), "loop-lag")
+        self._spawn(self._warm_up(), "warm-up")
+        log.info(
+            "worker listening worker=%s port=%d backlog=%d udp=%s",
+            self.name, self.settings.port, self.backlog, self.settings.udp,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight packets finish, close the rest."""
+        self.stopping = True
+        self.listening = False
+        for server in self.servers:
+            server.close()
+        for transport in self.udp_transports:
+            transport.close()
+        deadline = time.monotonic() + self.settings.drain_seconds
+        while time.monotonic() < deadline and any(
+            s.pending is not None for s in self.connections
+        ):
+            await asyncio.sleep(0.05)
+        in_flight = sum(1 for s in self.connections if s.pending is not None)
+        open_sessions = len(self.connections)
+        for session in list(self.connections):
+            session.close("shutdown")
+        await self.writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Let the closed sessions mark their devices disconnected.
+        await asyncio.sleep(0.1)
+        await self.redis.aclose()
+        self.telemetry.shutdown()
+        log.info(
+            "worker stopped worker=%s sessions_closed=%d unacked_in_flight=%d",
+            self.name, open_sessions, in_flight,
+        )  # fmt: skip
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and self.writer.healthy and not self.stopping
+
+    # called by sessions
+
+    def admit(self, session: TcpSession) -> str | None:
+        """Register a new connection, or say why it must be closed."""
+        self.telemetry.accepts.add(1)
+        if self.stopping:
+            return "shutting down"
+        if len(self.connections) >= self.settings.max_connections:
+            self._refuse_connection(session, "max_connections")
+            return "too many connections"
+        if self.per_ip[session.peer_ip] >= self.settings.max_connections_per_ip:
+            self._refuse_connection(session, "max_connections_per_ip")
+            return "too many connections from this address"
+        self.connections.add(session)
+        self.per_ip[session.peer_ip] += 1
+        self.telemetry.connections_active.add(1)
+        return None
+
+    def forget(self, session: TcpSession) -> None:
+        if session not in self.connections:
+            return
+        self.connections.discard(session)
+        self.per_ip[session.peer_ip] -= 1
+        if self.per_ip[session.peer_ip] <= 0:
+            del self.per_ip[session.peer_ip]
+        self.telemetry.connections_active.add(-1)
+        reason = session.closed_reason or "closed"
+        self.telemetry.sessions_closed.add(1, {tm.ATTR_REASON: _reason_kind(reason)})
+        if session.imei is None:
+            return
+        log.info(
+            "session ended imei=%s peer=%s reason=%s",
+            session.imei, session.peer, reason,
+        )  # fmt: skip
+        if self.sessions.get(session.imei) is session:
+            del self.sessions[session.imei]
+        if not session.replaced:
+            self._spawn(self._mark_closed(session.imei, session.session_id), "closed")
+
+    def accept_imei(self, imei: str) -> bool:
+        self.telemetry.handshakes.add(1, {tm.ATTR_RESULT: "accepted"})
+        return not self.stopping
+
+    def session_started(self, session: TcpSession) -> None:
+        assert session.imei is not None
+        old = self.sessions.get(session.imei)
+        if old is not None and old is not session:
+            self._replace(old, "device connected again on this worker")
+        self.sessions[session.imei] = session
+        log.info("session started imei=%s peer=%s", session.imei, session.peer)
+        self._spawn(self._announce(session), "announce")
+
+    def packet_acked(
+        self, session: TcpSession, result: WriteResult, ack_seconds: float
+    ) -> None:
+        t = self.telemetry
+        t.ack_latency.record(ack_seconds)
+        attrs = {tm.ATTR_TRANSPORT: "tcp"}
+        if result.stored:
+            t.records.add(result.stored, attrs)
+        if result.duplicates:
+            t.duplicates.add(result.duplicates, attrs)
+
+    def record_lags(self, packet: PacketWrite) -> None:
+        now_ms = packet.received_at
+        for record in packet.records:
+            self.telemetry.record_lag.record(max(now_ms - record.timestamp, 0) / 1000)
+        if packet.burst:
+            self.telemetry.bursts.add(1)
+
+    def gprs_message(self, session: TcpSession, message: GprsMessage) -> None:
+        log.info(
+            "device message imei=%s peer=%s codec=%d type=%d bytes=%d",
+            session.imei, session.peer, message.codec, message.type,
+            len(message.payload),
+        )  # fmt: skip
+
+    def refused(self, session: TcpSession, kind: str, detail: str) -> None:
+        self.telemetry.packets_refused.add(1, {tm.ATTR_REASON: kind})
+        log.warning(
+            "packet not stored, not ACKed imei=%s peer=%s reason=%s detail=%s",
+            session.imei, session.peer, kind, detail,
+        )  # fmt: skip
+
+    def decode_error(self, session: TcpSession, exc: RemoteProtocolError) -> None:
+        self.telemetry.decode_errors.add(1, {tm.ATTR_KIND: exc.kind})
+        allowed, suppressed = self.limiter.allow(f"{exc.kind}:{session.peer_ip}")
+        if allowed:
+            log.warning(
+                "malformed input imei=%s peer=%s kind=%s fatal=%s detail=%s "
+                "suppressed_since=%d",
+                session.imei or "-", session.peer, exc.kind, exc.fatal, exc,
+                suppressed,
+            )  # fmt: skip
+
+    # internals
+
+    def _replace(self, old: TcpSession, why: str) -> None:
+        old.replaced = True
+        self.telemetry.sessions_replaced.add(1)
+        log.info("session replaced imei=%s peer=%s why=%s", old.imei, old.peer, why)
+        old.abort("replaced")
+
+    def _refuse_connection(self, session: TcpSession, reason: str) -> None:
+        self.telemetry.connections_refused.add(1, {tm.ATTR_REASON: reason})
+        allowed, suppressed = self.limiter.allow(f"{reason}:{session.peer_ip}")
+        if allowed:
+            log.warning(
+                "connection refused peer=%s reason=%s suppressed_since=%d",
+                session.peer, reason, suppressed,
+            )  # fmt: skip
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, session: TcpSession) -> None:
+        assert session.imei is not None
+        try:
+            await self.sessions_store.opened(
+                session.imei, session.session_id, pod=self.settings.pod_name,
+                worker=str(self.index), peer=session.peer,
+                started_at=int(session.started_at * 1000),
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - status only; records are safe
+            log.warning("session status not written imei=%s: %s", session.imei, exc)
+
+    async def _mark_closed(self, imei: str, session_id: str) -> None:
+        try:
+            await self.sessions_store.closed(imei, session_id, int(time.time() * 1000))
+        except Exception as exc:  # noqa: BLE001 - status only
+            log.warning("session end not written imei=%s: %s", imei, exc)
+
+    async def _warm_up(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.load_scripts()
+
+    async def _sweep(self) -> None:
+        """Handshake and idle timeouts, somaxconn growth, orphaned worker."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = time.monotonic()
+            for session in list(self.connections):
+                silent = now - session.last_seen
+                if session.imei is None and silent > s.handshake_timeout_s:
+                    self._timeout(session, "handshake timeout")
+                elif session.pending is None and silent > s.idle_timeout_s:
+                    self._timeout(session, "idle timeout")
+            self._follow_somaxconn()
+            if os.getppid() != self._parent:
+                log.error("supervisor is gone, worker=%s exits", self.name)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def _timeout(self, session: TcpSession, reason: str) -> None:
+        log.info(
+            "closing imei=%s peer=%s reason=%s", session.imei or "-", session.peer, reason
+        )
+        session.abort(reason)
+
+    def _follow_somaxconn(self) -> None:
+        if self.settings.backlog:
+            return
+        limit = read_somaxconn()
+        if limit > self.backlog:
+            for sock in self.listeners:
+                sock.listen(limit)
+            log.info("listen backlog raised worker=%s from=%d to=%d",
+                     self.name, self.backlog, limit)  # fmt: skip
+            self.backlog = limit
+
+    async def _bus(self) -> None:
+        """Follow the control channel: take-overs by other instances."""
+        while True:
+            try:
+                await self._listen_bus()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect on any failure
+                log.warning("control channel lost, reconnecting: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _listen_bus(self) -> None:
+        client = self.redis
+        if is_cluster_url(self.settings.redis_url):
+            # Classic pub/sub is broadcast cluster-wide: any node will do.
+            node = self.redis.get_default_node()  # type: ignore[union-attr]
+            client = async_client(f"redis://{node.host}:{node.port}/0")
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[union-attr]
+        await pubsub.subscribe(self.keys.events())
+        try:
+            async for message in pubsub.listen():
+                self._on_bus(message.get("data"))
+        finally:
+            await pubsub.aclose()
+
+    def _on_bus(self, data: Any) -> None:
+        try:
+            event = json.loads(data)
+        except (TypeError, ValueError):
+            return
+        if event.get("type") != "session":
+            return
+        session = self.sessions.get(str(event.get("imei")))
+        if session is not None and session.session_id != event.get("session_id"):
+            del self.sessions[session.imei]  # type: ignore[arg-type]
+            self._replace(session, "device connected to another instance")
+
+    async def _loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+            late = loop.time() - started - LOOP_LAG_INTERVAL_S
+            self.telemetry.loop_lag.record(max(late, 0.0))
+
+    def _register_gauges(self) -> None:
+        t = self.telemetry
+
+        def queue() -> list[tuple[float, dict[str, str]]]:
+            rows = []
+            for sock in self.listeners:
+                length, limit = listen_queue(sock)
+                rows.append((float(length), {"limit": str(limit)}))
+            return rows
+
+        def limit() -> list[tuple[float, dict[str, str]]]:
+            return [(float(listen_queue(s)[1]), {}) for s in self.listeners]
+
+        t.gauge("trackgate.listen_queue.length", "Accept queue length now", queue)
+        t.gauge("trackgate.listen_queue.limit", "Accept queue limit (backlog)", limit)
+        t.gauge(
+            "trackgate.sessions",
+            "Devices with a live session on this worker",
+            lambda: [(float(len(self.sessions)), {})],
+        )
+        t.gauge(
+            "trackgate.writer.queued",
+            "Packets waiting for the Redis writer",
+            lambda: [(float(self.writer.queued), {})],
+        )
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """Datagrams: decode, store, then answer with the UDP ACK."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's; they behave alike.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        worker = self.worker
+        peer = f"{addr[0]}:{addr[1]}"
+        try:
+            datagram = decode_udp_datagram(data)
+        except RemoteProtocolError as exc:
+            worker.telemetry.decode_errors.add(1, {tm.ATTR_KIND: exc.kind})
+            allowed, suppressed = worker.limiter.allow(f"udp:{exc.kind}:{addr[0]}")
+            if allowed:
+                log.warning(
+                    "malformed datagram imei=- peer=%s kind=%s detail=%s "
+                    "suppressed_since=%d", peer, exc.kind, exc, suppressed,
+                )  # fmt: skip
+            return
+        if worker.stopping:
+            return
+        packet = datagram.packet
+        write = PacketWrite(
+            imei=datagram.imei, codec=packet.codec, records=packet.records,
+            received_at=int(time.time() * 1000), transport="udp", peer=peer,
+        )  # fmt: skip
+        started = time.perf_counter()
+        future = worker.writer.submit(write)
+
+        def stored(future: asyncio.Future[WriteResult]) -> None:
+            try:
+                result = future.result()
+            except StoreError as exc:
+                worker.telemetry.packets_refused.add(1, {tm.ATTR_REASON: "store_timeout"})
+                log.warning("datagram not stored, not ACKed imei=%s peer=%s: %s",
+                            datagram.imei, peer, exc)  # fmt: skip
+                return
+            if not result.ok:
+                worker.telemetry.packets_refused.add(1, {tm.ATTR_REASON: "store_refused"})
+                return
+            if self.transport is not None and not self.transport.is_closing():
+                ack = udp_ack(datagram.packet_id, datagram.avl_packet_id, result.accepted)
+                self.transport.sendto(ack, addr)
+            worker.telemetry.ack_latency.record(time.perf_counter() - started)
+            attrs = {tm.ATTR_TRANSPORT: "udp"}
+            if result.stored:
+                worker.telemetry.records.add(result.stored, attrs)
+            if result.duplicates:
+                worker.telemetry.duplicates.add(result.duplicates, attrs)
+
+        future.add_done_callback(stored)
+        worker.record_lags(write)
+
+
+def _reason_kind(reason: str) -> str:
+    """A bounded label for a free-text close reason."""
+    return reason.split(":", 1)[0].replace(" ", "_")[:32]
+
+
+async def admin_app(worker: Worker) -> web.Application:
+    """The worker's own /metrics, /healthz and /readyz (loopback only)."""
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=tm.prometheus_text(),
+                            content_type="text/plain", charset="utf-8")  # fmt: skip
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "worker": worker.name})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        body = {
+            "ready": worker.ready, "listening": worker.listening,
+            "redis": worker.writer.healthy, "sessions": len(worker.sessions),
+            "connections": len(worker.connections),
+        }  # fmt: skip
+        return web.json_response(body, status=200 if worker.ready else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve(settings: IngestSettings, index: int, admin_port: int) -> None:
+    """Run one worker until SIGTERM or SIGINT."""
+    worker = Worker(settings, index)
+    await worker.start()
+    runner = web.AppRunner(await admin_app(worker), access_log=None)
+    await runner.setup()
+    if admin_port:
+        await web.TCPSite(runner, "127.0.0.1", admin_port).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await worker.stop()
+    await runner.cleanup()

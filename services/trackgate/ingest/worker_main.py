@@ -1,0 +1,32 @@
+"""Entry point of one worker process: ``python -m trackgate.ingest.worker_main``.
+
+The supervisor starts it with the worker's index and loopback admin port as
+arguments and the settings in the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from trackgate.core import logs
+from trackgate.ingest.settings import IngestSettings
+
+
+def main(argv: list[str]) -> int:
+    index, admin_port = int(argv[0]), int(argv[1])
+    settings = IngestSettings()
+    logs.configure(settings.log_level, settings.log_format)
+    from trackgate.ingest.worker import serve
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings, index, admin_port))
+    else:
+        uvloop.run(serve(settings, index, admin_port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -362,3 +362,24 @@ async def test_jobs_use_the_configured_prefix_and_queue(
     assert client.llen("shop_queues:gps:notify") == 1
     assert client.llen("laravel_database_queues:default") == 0
     client.close()
+
+
+async def test_stale_entries_beyond_one_claim_scan_are_claimed(redis_url: str) -> None:
+    # XAUTOCLAIM looks at 10 x COUNT pending entries per call: with a batch of
+    # 2, the 5 stale entries sit behind 25 fresh ones, out of the first scan.
+    settings = bridge_settings(
+        redis_url, stream_shards=1, bridge_batch=2, bridge_claim_idle_ms=200
+    )
+    ids = write(redis_url, [record(IMEI, n) for n in range(30)], shards=1)
+    stream = settings.keys().records(0)
+    client = sync_client(redis_url)
+    client.xgroup_create(stream, settings.bridge_group, id="0")
+    client.xreadgroup(settings.bridge_group, "dead-pod", {stream: ">"}, count=30)
+    await asyncio.sleep(0.3)
+    client.xclaim(stream, settings.bridge_group, "busy-pod", 0, ids[:25])
+    client.close()
+
+    stats = await drain(settings)
+
+    assert stats.claimed == 5
+    assert [j["data"]["entry_id"] for j in queued(redis_url)] == ids[25:]

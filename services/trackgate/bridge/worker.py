@@ -211,16 +211,13 @@ class Bridge:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _run_shard(self, shard: int) -> None:
-        while await self._retrying(self._recover_own, shard):
-            pass
-        while await self._retrying(self._claim_stale, shard):
-            pass
+        await self._retrying(self._recover_own, shard)
+        await self._retrying(self._claim_stale, shard)
         next_claim = time.monotonic() + self.settings.bridge_claim_interval_s
 
         while not self._stop.is_set():
             if time.monotonic() >= next_claim:
-                while await self._retrying(self._claim_stale, shard):
-                    pass
+                await self._retrying(self._claim_stale, shard)
                 next_claim = time.monotonic() + self.settings.bridge_claim_interval_s
             got = await self._retrying(self._read_new, shard)
             if not got and self._stop_when_empty:
@@ -241,33 +238,42 @@ class Bridge:
             entries.extend((_text(entry_id), fields) for entry_id, fields in batch)
         return entries
 
-    async def _recover_own(self, shard: int) -> bool:
-        """Redeliver one batch of this consumer's pending entries."""
-        entries = await self._read(shard, "0", None)
-        if entries:
+    async def _recover_own(self, shard: int) -> None:
+        """Redeliver what this consumer left pending (read, not acked)."""
+        while not self._stop.is_set():
+            entries = await self._read(shard, "0", None)
+            if not entries:
+                return
             log.info("shard %d: %d entries pending from an earlier run", shard,
                      len(entries))  # fmt: skip
             await self._deliver(shard, entries, redelivered=True)
-        return bool(entries) and not self._stop.is_set()
 
-    async def _claim_stale(self, shard: int) -> bool:
-        """Take one batch of entries other consumers left idle too long."""
+    async def _claim_stale(self, shard: int) -> None:
+        """Take the entries other consumers left idle too long, batch by batch.
+
+        XAUTOCLAIM scans a bounded part of the pending list per call, so the
+        cursor is followed to the end even through calls that claim nothing.
+        """
         stream = self.keys.records(shard)
-        reply: Any = await self._streams.xautoclaim(
-            stream, self.group, self.consumer, self.settings.bridge_claim_idle_ms,
-            start_id="0-0", count=self.settings.bridge_batch,
-        )  # fmt: skip
-        claimed = [(_text(i), f) for i, f in reply[1]]
-        gone = reply[2] if len(reply) > 2 else []
-        if gone:
-            self.stats.vanished += len(gone)
-            log.warning("shard %d: %d pending entries were trimmed before delivery",
-                        shard, len(gone))  # fmt: skip
-        if claimed:
-            self.stats.claimed += len(claimed)
-            log.info("shard %d: claimed %d stale entries", shard, len(claimed))
-            await self._deliver(shard, claimed, redelivered=True)
-        return bool(claimed) and not self._stop.is_set()
+        cursor = "0-0"
+        while not self._stop.is_set():
+            reply: Any = await self._streams.xautoclaim(
+                stream, self.group, self.consumer, self.settings.bridge_claim_idle_ms,
+                start_id=cursor, count=self.settings.bridge_batch,
+            )  # fmt: skip
+            cursor = _text(reply[0])
+            claimed = [(_text(i), f) for i, f in reply[1]]
+            gone = reply[2] if len(reply) > 2 else []
+            if gone:
+                self.stats.vanished += len(gone)
+                log.warning("shard %d: %d pending entries were trimmed unread",
+                            shard, len(gone))  # fmt: skip
+            if claimed:
+                self.stats.claimed += len(claimed)
+                log.info("shard %d: claimed %d stale entries", shard, len(claimed))
+                await self._deliver(shard, claimed, redelivered=True)
+            if cursor == "0-0":
+                return
 
     async def _read_new(self, shard: int) -> bool:
         block = None if self._stop_when_empty else self.settings.bridge_block_ms

@@ -143,3 +143,54 @@ class UdpDatagram:
 
 
 Event: TypeAlias = Imei | KeepAlive | AvlPacket | GprsMessage
+
+
+# The frozen dataclass __init__ sets each field through object.__setattr__,
+# which makes building a record cost about three times what setting the slots
+# directly does. The readers build one object per record on the hot path and
+# pass values that are already typed, so they use this constructor.
+_new_object = object.__new__
+_slot = vars(AvlRecord)
+_set_timestamp = _slot["timestamp"].__set__
+_set_priority = _slot["priority"].__set__
+_set_longitude = _slot["longitude"].__set__
+_set_latitude = _slot["latitude"].__set__
+_set_altitude = _slot["altitude"].__set__
+_set_angle = _slot["angle"].__set__
+_set_satellites = _slot["satellites"].__set__
+_set_speed = _slot["speed"].__set__
+_set_event_id = _slot["event_id"].__set__
+_set_io = _slot["io"].__set__
+_set_generation_type = _slot["generation_type"].__set__
+_set_raw = _slot["raw"].__set__
+
+
+def new_record(
+    timestamp: int,
+    priority: int,
+    longitude: float,
+    latitude: float,
+    altitude: int,
+    angle: int,
+    satellites: int,
+    speed: int,
+    event_id: int,
+    io: dict[str, int | str],
+    generation_type: int | None,
+    raw: bytes,
+) -> AvlRecord:
+    """``AvlRecord(...)`` for the readers: same result, a third of the cost."""
+    record: AvlRecord = _new_object(AvlRecord)
+    _set_timestamp(record, timestamp)
+    _set_priority(record, priority)
+    _set_longitude(record, longitude)
+    _set_latitude(record, latitude)
+    _set_altitude(record, altitude)
+    _set_angle(record, angle)
+    _set_satellites(record, satellites)
+    _set_speed(record, speed)
+    _set_event_id(record, event_id)
+    _set_io(record, io)
+    _set_generation_type(record, generation_type)
+    _set_raw(record, raw)
+    return record

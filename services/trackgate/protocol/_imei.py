@@ -42,8 +42,14 @@ def is_digit_prefix(raw: bytes) -> bool:
 
 
 def pack_imei(imei: str) -> bytes | None:
-    """The 8-byte packed form of ``imei``, or None if the policy rejects it."""
+    """The 8-byte packed form of ``imei``, or None if it cannot be packed.
+
+    A 16-digit IMEI starting with 0 is refused: packed, it would read back as
+    the 15-digit IMEI without that zero.
+    """
     if not is_valid_imei(imei.encode("ascii", "replace")):
+        return None
+    if len(imei) == 2 * PACKED_IMEI_SIZE and imei.startswith("0"):
         return None
     return bytes.fromhex(imei.rjust(2 * PACKED_IMEI_SIZE, "0"))
 

@@ -14,7 +14,6 @@ turned into a dict by C-level ``zip``/``map`` rather than a Python loop.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from trackgate.protocol._crc import crc16_ibm
 from trackgate.protocol._errors import (
@@ -32,6 +31,7 @@ from trackgate.protocol._events import (
     AvlRecord,
     GprsMessage,
     UdpDatagram,
+    new_record,
 )
 from trackgate.protocol._imei import PACKED_IMEI_SIZE, is_valid_imei, unpack_imei
 
@@ -88,182 +88,142 @@ _VALUE_CODES = ("B", "H", "I", "Q")  # IO groups of 1, 2, 4 and 8-byte values
 
 # Decimal keys of every possible IO id, so the record path never calls str().
 _IO_KEYS: tuple[str, ...] = tuple(str(i) for i in range(0x10000))
-_io_key = _IO_KEYS.__getitem__
 
-# IO-group structs are cached for counts up to this size; a record holds a few
-# dozen IOs, and larger counts (only seen in corrupt frames) are built per use
-# so that fuzzed input cannot grow the cache without bound.
+# IO-group structs are cached for counts up to this size: a record holds a few
+# dozen IOs, and a Codec 8/16 count byte cannot exceed it. Larger Codec 8E
+# counts are built per use, after checking they fit the data, so that corrupt
+# input can neither grow the cache nor compile a huge struct.
 _GROUP_CACHE_MAX_COUNT = 255
 
 
-class _GroupStructs:
-    """Structs unpacking ``n`` (id, value) pairs of one id and value width."""
+class _GroupLayouts:
+    """Structs for ``n`` (id, value) pairs of one id width and one value width."""
 
-    __slots__ = ("_cache", "_pair", "pair_size")
+    __slots__ = ("_pair", "cache", "pair_size")
 
     def __init__(self, id_code: str, value_code: str) -> None:
         self._pair = id_code + value_code
         self.pair_size = struct.calcsize(">" + self._pair)
-        self._cache: dict[int, struct.Struct] = {}
+        self.cache: dict[int, struct.Struct] = {}
 
-    def get(self, count: int) -> struct.Struct:
-        found = self._cache.get(count)
-        if found is not None:
-            return found
+    def build(self, count: int, room: int) -> struct.Struct:
+        """The struct for ``count`` pairs, which must fit in ``room`` bytes."""
+        if count * self.pair_size > room:
+            raise IndexError(f"{count} IO pairs do not fit in {room} bytes")
         made = struct.Struct(">" + self._pair * count)
         if count <= _GROUP_CACHE_MAX_COUNT:
-            self._cache[count] = made
+            self.cache[count] = made
         return made
 
 
-_GROUPS_U8_IDS = tuple(_GroupStructs("B", code) for code in _VALUE_CODES)
-_GROUPS_U16_IDS = tuple(_GroupStructs("H", code) for code in _VALUE_CODES)
+class _Codec:
+    """How one AVL codec lays out a record after the common GPS header."""
+
+    __slots__ = ("groups", "has_generation", "head", "variable_group", "wide_counts")
+
+    def __init__(
+        self,
+        head: str,
+        id_code: str,
+        *,
+        wide_counts: bool,
+        has_generation: bool,
+        variable_group: bool,
+    ) -> None:
+        # Timestamp, priority, longitude, latitude, altitude, angle,
+        # satellites, speed, then the codec's event id, generation and total.
+        self.head = struct.Struct(">QBiihHBH" + head)
+        self.groups = tuple(_GroupLayouts(id_code, code) for code in _VALUE_CODES)
+        self.wide_counts = wide_counts
+        self.has_generation = has_generation
+        self.variable_group = variable_group
 
 
-def _read_group(
-    view: memoryview,
-    pos: int,
-    count: int,
-    groups: _GroupStructs,
-    io: dict[str, int | str],
+_CODECS = {
+    CODEC_8: _Codec(
+        "BB", "B", wide_counts=False, has_generation=False, variable_group=False
+    ),
+    CODEC_8E: _Codec(
+        "HH", "H", wide_counts=True, has_generation=False, variable_group=True
+    ),
+    CODEC_16: _Codec(
+        "HBB", "H", wide_counts=False, has_generation=True, variable_group=False
+    ),
+}
+
+
+def _read_records(
+    view: memoryview, count: int, codec: _Codec
+) -> tuple[list[AvlRecord], int]:
+    """Read ``count`` records from the start of ``view``; returns them and the end.
+
+    Running out of data surfaces as ``struct.error`` or ``IndexError``, which
+    the caller turns into ``MalformedFrame``.
+    """
+    records: list[AvlRecord] = []
+    unpack_head = codec.head.unpack_from
+    head_size = codec.head.size
+    has_generation = codec.has_generation
+    pos = 0
+    for _ in range(count):
+        start = pos
+        head = unpack_head(view, pos)
+        pos += head_size
+        io: dict[str, int | str] = {}
+        pos = _read_io_groups(view, pos, codec, io)
+        records.append(
+            new_record(
+                head[0],
+                head[1],
+                head[2] / _COORD_SCALE,
+                head[3] / _COORD_SCALE,
+                head[4],
+                head[5],
+                head[6],
+                head[7],
+                head[8],
+                io,
+                head[9] if has_generation else None,
+                view[start:pos].tobytes(),
+            )
+        )
+    return records, pos
+
+
+def _read_io_groups(
+    view: memoryview, pos: int, codec: _Codec, io: dict[str, int | str]
 ) -> int:
-    """Read ``count`` (id, value) pairs at ``pos`` into ``io``; the new position."""
-    if count * groups.pair_size > len(view) - pos:
-        raise IndexError("IO group runs past the end of the data")
-    layout = groups.get(count)
-    values = layout.unpack_from(view, pos)
-    io.update(zip(map(_io_key, values[0::2]), values[1::2], strict=False))
-    return pos + layout.size
-
-
-def _records_codec8(view: memoryview, count: int) -> tuple[list[AvlRecord], int]:
-    records: list[AvlRecord] = []
-    pos = 0
-    unpack_head = _REC_8.unpack_from
-    head_size = _REC_8.size
-    for _ in range(count):
-        start = pos
-        ts, prio, lon, lat, alt, angle, sats, speed, event_id, _total = unpack_head(
-            view, pos
-        )
-        pos += head_size
-        io: dict[str, int | str] = {}
-        for groups in _GROUPS_U8_IDS:
-            n = view[pos]
-            pos += 1
-            if n:
-                pos = _read_group(view, pos, n, groups, io)
-        records.append(
-            AvlRecord(
-                ts,
-                prio,
-                lon / _COORD_SCALE,
-                lat / _COORD_SCALE,
-                alt,
-                angle,
-                sats,
-                speed,
-                event_id,
-                io,
-                None,
-                view[start:pos].tobytes(),
-            )
-        )
-    return records, pos
-
-
-def _records_codec16(view: memoryview, count: int) -> tuple[list[AvlRecord], int]:
-    records: list[AvlRecord] = []
-    pos = 0
-    unpack_head = _REC_16.unpack_from
-    head_size = _REC_16.size
-    for _ in range(count):
-        start = pos
-        (ts, prio, lon, lat, alt, angle, sats, speed, event_id, generation, _total) = (
-            unpack_head(view, pos)
-        )
-        pos += head_size
-        io: dict[str, int | str] = {}
-        for groups in _GROUPS_U16_IDS:
-            n = view[pos]
-            pos += 1
-            if n:
-                pos = _read_group(view, pos, n, groups, io)
-        records.append(
-            AvlRecord(
-                ts,
-                prio,
-                lon / _COORD_SCALE,
-                lat / _COORD_SCALE,
-                alt,
-                angle,
-                sats,
-                speed,
-                event_id,
-                io,
-                generation,
-                view[start:pos].tobytes(),
-            )
-        )
-    return records, pos
-
-
-def _records_codec8e(view: memoryview, count: int) -> tuple[list[AvlRecord], int]:
-    records: list[AvlRecord] = []
-    pos = 0
-    unpack_head = _REC_8E.unpack_from
-    head_size = _REC_8E.size
-    unpack_pair = _U16_PAIR.unpack_from
-    for _ in range(count):
-        start = pos
-        ts, prio, lon, lat, alt, angle, sats, speed, event_id, _total = unpack_head(
-            view, pos
-        )
-        pos += head_size
-        io: dict[str, int | str] = {}
-        for groups in _GROUPS_U16_IDS:
+    """Read the 1/2/4/8-byte IO groups (and 8E's variable group) into ``io``."""
+    io_keys = _IO_KEYS
+    wide_counts = codec.wide_counts
+    for group in codec.groups:
+        if wide_counts:
             n = (view[pos] << 8) | view[pos + 1]
             pos += 2
-            if n:
-                pos = _read_group(view, pos, n, groups, io)
+        else:
+            n = view[pos]
+            pos += 1
+        if n:
+            layout = group.cache.get(n) or group.build(n, len(view) - pos)
+            values = layout.unpack_from(view, pos)
+            pos += layout.size
+            pairs = iter(values)
+            for io_id, value in zip(pairs, pairs, strict=False):
+                io[io_keys[io_id]] = value
 
-        # The variable-length group: (id u16, length u16, value) each.
+    if codec.variable_group:
+        # Codec 8 Extended's NX group: (id u16, length u16, value) each.
         n = (view[pos] << 8) | view[pos + 1]
         pos += 2
         for _ in range(n):
-            io_id, length = unpack_pair(view, pos)
+            io_id, length = _U16_PAIR.unpack_from(view, pos)
             pos += 4
             value = view[pos : pos + length]
             if len(value) != length:
                 raise IndexError("variable-length IO runs past the end of the data")
-            io[_IO_KEYS[io_id]] = value.hex()
+            io[io_keys[io_id]] = value.hex()
             pos += length
-
-        records.append(
-            AvlRecord(
-                ts,
-                prio,
-                lon / _COORD_SCALE,
-                lat / _COORD_SCALE,
-                alt,
-                angle,
-                sats,
-                speed,
-                event_id,
-                io,
-                None,
-                view[start:pos].tobytes(),
-            )
-        )
-    return records, pos
-
-
-_RecordReader = Callable[[memoryview, int], tuple[list[AvlRecord], int]]
-_RECORD_READERS: dict[int, _RecordReader] = {
-    CODEC_8: _records_codec8,
-    CODEC_8E: _records_codec8e,
-    CODEC_16: _records_codec16,
-}
+    return pos
 
 
 def read_avl_data(data: memoryview, base: int, frame_size: int) -> AvlPacket:
@@ -272,8 +232,8 @@ def read_avl_data(data: memoryview, base: int, frame_size: int) -> AvlPacket:
     ``base`` is the offset of ``data`` in the caller's frame, used in errors.
     """
     codec = data[0]
-    reader = _RECORD_READERS.get(codec)
-    if reader is None:
+    layout = _CODECS.get(codec)
+    if layout is None:
         raise UnknownCodec(f"codec 0x{codec:02x} is not an AVL codec", offset=base)
     count = data[1]
     count2 = data[-1]
@@ -285,7 +245,7 @@ def read_avl_data(data: memoryview, base: int, frame_size: int) -> AvlPacket:
 
     body = data[2:-1]
     try:
-        records, end = reader(body, count)
+        records, end = _read_records(body, count, layout)
     except (struct.error, IndexError, ValueError):
         raise MalformedFrame(
             f"codec 0x{codec:02x}: {count} records do not fit in {len(body)} bytes",

@@ -197,7 +197,7 @@ def encode_gprs_message(
     if imei is not None:
         packed = pack_imei(imei)
         if packed is None:
-            raise LocalProtocolError(f"{imei!r} is not a 15 or 16-digit IMEI")
+            raise LocalProtocolError(f"IMEI {imei!r} cannot be packed into 8 bytes")
         body = packed + body
     if timestamp is not None:
         body = _pack(_U32, timestamp) + body

@@ -61,6 +61,28 @@ class TargetReport(_Wire):
     drift_repaired: list[str] = Field(default_factory=list)
     restored: list[str] = Field(default_factory=list)
     counters: dict[str, int] = Field(default_factory=dict)
+    # Rise of each counter since the agent's previous cycle (absent on the
+    # first cycle): what the advisor looks at, since totals only grow.
+    increases: dict[str, int] = Field(default_factory=dict)
+
+
+def counter_increases(
+    previous: dict[str, int] | None, current: dict[str, int]
+) -> dict[str, int]:
+    """Per-counter rise from ``previous`` to ``current`` (never negative).
+
+    ``conntrackCount`` and ``conntrackMax`` are gauges and are left out.
+    """
+    if previous is None:
+        return {}
+    return {
+        name: max(0, value - previous[name])
+        for name, value in current.items()
+        if name in previous and name not in _GAUGES
+    }
+
+
+_GAUGES = frozenset({"conntrackCount", "conntrackMax"})
 
 
 class AgentReport(_Wire):

@@ -52,7 +52,10 @@ class BridgeSettings(CommonSettings):
         "0", description="Where a new group starts: 0 = whole stream, $ = new only."
     )
     bridge_stats_interval_s: float = Field(
-        60.0, gt=0, description="How often to log counters and consumer lag."
+        15.0, gt=0, description="How often to read consumer lag (and log counters)."
+    )
+    bridge_metrics_port: int = Field(
+        9465, ge=0, le=65535, description="Port of /metrics; 0 = no metrics server."
     )
 
     laravel_redis_url: str = Field(

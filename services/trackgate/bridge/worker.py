@@ -116,6 +116,7 @@ class Bridge:
         self._settle = streams.register_script(_SETTLE_LUA)
         self._stop_when_empty = stop_when_empty
         self._stop = asyncio.Event()
+        self._last_counters: tuple[int, ...] = ()
 
     async def aclose(self) -> None:
         """Close the Redis clients given to this bridge."""
@@ -159,11 +160,16 @@ class Bridge:
                     self.stats.lag[stream] = None if lag is None else int(lag)
                     self.stats.pending[stream] = int(info["pending"])
         s = self.stats
-        log.info(
+        counters = (s.read, s.pushed, s.acked, s.dead_lettered, s.claimed, s.vanished,
+                    s.push_failures, s.redis_errors)  # fmt: skip
+        # A quiet bridge logs its summary at DEBUG, so idle hours stay silent.
+        level = logging.INFO if counters != self._last_counters else logging.DEBUG
+        self._last_counters = counters
+        log.log(
+            level,
             "bridge: read=%d pushed=%d acked=%d dead_lettered=%d claimed=%d "
             "vanished=%d push_failures=%d redis_errors=%d lag=%s pending=%s",
-            s.read, s.pushed, s.acked, s.dead_lettered, s.claimed, s.vanished,
-            s.push_failures, s.redis_errors, s.lag, s.pending,
+            *counters, s.lag, s.pending,
         )  # fmt: skip
 
     async def _report_forever(self) -> None:

@@ -74,6 +74,10 @@ def laravel(
         except BridgeConfigError as exc:
             typer.echo(f"cannot start the bridge: {exc}", err=True)
             return 2
+        if settings.bridge_metrics_port:
+            from trackgate.bridge.metrics import export_metrics
+
+            export_metrics(bridge.stats, settings.bridge_metrics_port)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, bridge.stop)

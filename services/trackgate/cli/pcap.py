@@ -1,0 +1,172 @@
+"""``trackgate pcap FILE``: what did each device go through, according to tcpdump?
+
+Analysis is ``trackgate.diagnostics.pcap``; this module prints its result as
+tables or JSON. Exit status: 0 the capture was analysed, 2 bad usage, 3 the
+file is not a readable pcap/pcapng capture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_UNREADABLE = 3
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="pcap")(pcap)
+
+
+def pcap(
+    file: Annotated[
+        Path, typer.Argument(help="tcpdump capture (pcap or pcapng)", exists=True)
+    ],
+    port: Annotated[int, typer.Option(help="Gateway port in the capture")] = 5027,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the analysis as JSON")
+    ] = False,
+) -> None:
+    """Per-device handshakes, records, ACKs and lag from a capture of the port.
+
+    Capture on the gateway host or pod, for example:
+    tcpdump -i any -w gw.pcap port 5027. Segments are reassembled by
+    sequence number; IP fragments are not reassembled.
+    """
+    import json
+
+    from trackgate.diagnostics import CaptureError
+    from trackgate.diagnostics.pcap import analyse_capture
+
+    try:
+        result = analyse_capture(file, port)
+    except CaptureError as exc:
+        typer.echo(f"cannot analyse capture: {exc}", err=True)
+        raise typer.Exit(EXIT_UNREADABLE) from exc
+
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+
+    render(result, Console())
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    """Print the analysis for a person: summary, addresses, devices."""
+    capture, totals = result["capture"], result["totals"]
+    console.print(
+        f"[bold]{capture['file']}[/] ({capture['format']}): "
+        f"{capture['packets']} packets, {capture['packets_on_port']} on port "
+        f"{result['port']}, {capture['duration_seconds']} s"
+        + (" [yellow](truncated at the end)[/]" if capture["truncated"] else "")
+    )
+    for line in _summary(totals):
+        console.print(f"  {line}")
+    _render_addresses(result["addresses"], console)
+    _render_devices(result["devices"], console)
+
+
+def _summary(totals: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{totals['syns']} SYNs, {totals['syn_retransmits']} retransmitted, "
+        f"{totals['syns_unanswered']} never answered, {totals['syns_refused']} "
+        f"refused; {totals['slow_handshakes']} handshakes took >= 0.9 s",
+        f"{totals['connections']} connections, {totals['devices']} devices, "
+        f"{totals['packets']} AVL packets with {totals['records']} records, "
+        f"{totals['resent_packets']} sent again",
+        f"{totals['server_acks']} server ACKs; {totals['acks_missing']} packets "
+        f"never acknowledged, {totals['acks_short']} acknowledged short",
+        f"{totals['udp_datagrams']} UDP datagrams, {totals['udp_unanswered']} "
+        "without a reply",
+    ]
+    lag = totals["lag_seconds"]
+    if lag:
+        lines.append(
+            f"record lag (capture time - device time): min {lag['min']} s, "
+            f"median {lag['median']} s, max {lag['max']} s"
+        )
+    return lines
+
+
+def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title="Per client address", title_justify="left")
+    columns = (
+        "address",
+        "SYNs",
+        "SYN rtx",
+        "unanswered",
+        "SYN-ACK ms",
+        "conns",
+        "packets",
+        "records",
+        "ACKs",
+        "ACK missing",
+        "UDP",
+        "IMEIs",
+    )
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in {"address", "IMEIs"} else "right"
+        )
+    for row in rows:
+        syn_ack = row["syn_ack_ms"]
+        table.add_row(
+            row["address"],
+            str(row["syns"]),
+            str(row["syn_retransmits"]),
+            _alarm(row["syns_unanswered"]),
+            "-" if syn_ack is None else f"{syn_ack['median']} ({syn_ack['max']} max)",
+            str(row["connections"]),
+            str(row["packets"]),
+            str(row["records"]),
+            str(row["server_acks"]),
+            _alarm(row["acks_missing"]),
+            str(row["udp_datagrams"]),
+            ", ".join(row["imeis"]) or "-",
+        )
+    console.print(table)
+
+
+def _render_devices(rows: list[dict[str, Any]], console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title="Per device", title_justify="left")
+    for column in (
+        "IMEI",
+        "conns",
+        "UDP",
+        "packets",
+        "records",
+        "sent again",
+        "ACK missing",
+        "lag min s",
+        "lag median s",
+        "lag max s",
+    ):
+        table.add_column(column, justify="left" if column == "IMEI" else "right")
+    for row in rows:
+        lag = row["lag_seconds"] or {}
+        table.add_row(
+            row["imei"],
+            str(row["connections"]),
+            str(row["udp_datagrams"]),
+            str(row["packets"]),
+            str(row["records"]),
+            str(row["resent_packets"]),
+            _alarm(row["acks_missing"]),
+            str(lag.get("min", "-")),
+            str(lag.get("median", "-")),
+            str(lag.get("max", "-")),
+        )
+    console.print(table)
+
+
+def _alarm(value: int) -> str:
+    return f"[bold red]{value}[/]" if value else "0"

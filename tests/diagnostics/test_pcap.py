@@ -1,0 +1,292 @@
+"""``trackgate pcap`` on a real tcpdump capture of real loopback traffic.
+
+The capture is made once per module by ``traffic.record_session`` (tcpdump
+on lo, a tiny gateway, devices sending public vectors). Variants of it
+(segments reordered and duplicated, pcapng, cut at the start or the end)
+are written from the captured packets with dpkt's writers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dpkt
+import pytest
+
+from tests.diagnostics.traffic import (
+    DEVICE_A,
+    DEVICE_B,
+    DEVICE_C,
+    FRESH_RECORD_AGE_S,
+    Session,
+    record_session,
+    tcpdump_unavailable,
+)
+from tests.support.servers import free_port
+from trackgate.diagnostics import CaptureError
+from trackgate.diagnostics.pcap import SLOW_HANDSHAKE_SECONDS, analyse_capture
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    reason = tcpdump_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    path = tmp_path_factory.mktemp("capture") / "gateway.pcap"
+    return record_session(path, free_port())
+
+
+@pytest.fixture(scope="module")
+def result(session: Session) -> dict[str, Any]:
+    return analyse_capture(session.path, session.port)
+
+
+def _address(result: dict[str, Any], address: str) -> dict[str, Any]:
+    (row,) = [row for row in result["addresses"] if row["address"] == address]
+    return row
+
+
+def _device(result: dict[str, Any], imei: str) -> dict[str, Any]:
+    (row,) = [row for row in result["devices"] if row["imei"] == imei]
+    return row
+
+
+def _packets(path: Path) -> list[tuple[float, bytes]]:
+    with path.open("rb") as handle:
+        return [(ts, bytes(buf)) for ts, buf in dpkt.pcap.Reader(handle)]
+
+
+def _write_pcap(path: Path, packets: list[tuple[float, bytes]]) -> Path:
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
+        for ts, buf in packets:
+            writer.writepkt(buf, ts)
+    return path
+
+
+def _tcp(buf: bytes) -> Any:
+    ip = dpkt.ethernet.Ethernet(buf).data
+    return ip.data if isinstance(ip.data, dpkt.tcp.TCP) else None
+
+
+def test_syn_dropped_by_a_full_accept_queue_is_never_answered(
+    result: dict[str, Any],
+) -> None:
+    row = _address(result, DEVICE_B)
+
+    assert row["syns_unanswered"] == 1
+    assert row["syn_retransmits"] >= 1
+    assert row["syns"] == 1 + row["syn_retransmits"]
+    assert row["connections"] == 0
+    assert row["syn_ack_ms"] is None
+
+
+def test_answered_handshakes_are_timed(result: dict[str, Any]) -> None:
+    row = _address(result, DEVICE_A)
+
+    assert (row["syns"], row["syn_retransmits"], row["syns_unanswered"]) == (2, 0, 0)
+    assert row["connections"] == 2
+    assert row["syn_ack_ms"]["count"] == 2
+    assert 0 <= row["syn_ack_ms"]["max"] < SLOW_HANDSHAKE_SECONDS * 1000
+    assert row["slow_handshakes"] == 0
+
+
+def test_records_and_acks_are_counted_per_address(
+    result: dict[str, Any], session: Session
+) -> None:
+    row = _address(result, DEVICE_A)
+
+    assert row["imeis"] == [session.imei]
+    assert row["packets"] == len(session.records_a) == 4
+    assert row["records"] == sum(session.records_a)
+    assert row["server_acks"] == 3
+    assert row["acks_missing"] == 1
+    assert row["acks_short"] == 0
+    assert row["protocol_errors"] == 0
+
+
+def test_lost_ack_and_resent_packet_show_on_the_device(
+    result: dict[str, Any], session: Session
+) -> None:
+    device = _device(result, session.imei)
+
+    assert device["connections"] == 2
+    assert device["addresses"] == [DEVICE_A]
+    assert device["resent_packets"] == 1
+    assert device["acks_missing"] == 1
+    first, second = [c for c in result["connections"] if c["imei"] == session.imei]
+    assert (first["packets"], first["acks_missing"], first["imei_reply"]) == (3, 1, 1)
+    assert (second["packets"], second["acks_missing"]) == (1, 0)
+
+
+def test_record_lag_is_capture_time_minus_device_time(
+    result: dict[str, Any], session: Session
+) -> None:
+    lag = _device(result, session.imei)["lag_seconds"]
+
+    # The freshest records were stamped 5 s (less 1 ms for the second
+    # record) before they were sent.
+    assert FRESH_RECORD_AGE_S - 0.002 <= lag["min"] < FRESH_RECORD_AGE_S + 1
+    assert lag["count"] == sum(session.records_a)
+    # The vectors' records are years old.
+    assert lag["max"] > 365 * 24 * 3600
+
+
+def test_udp_datagrams_are_decoded_and_matched_to_replies(
+    result: dict[str, Any], session: Session
+) -> None:
+    row = _address(result, DEVICE_C)
+
+    assert row["imeis"] == [session.udp_imei]
+    assert (row["udp_datagrams"], row["udp_unanswered"], row["udp_errors"]) == (
+        2,
+        1,
+        1,
+    )
+    assert _device(result, session.udp_imei)["udp_datagrams"] == 1
+    assert result["udp_errors"] == {"bad_udp_datagram": 1}
+
+
+def test_totals_add_up(result: dict[str, Any], session: Session) -> None:
+    totals = result["totals"]
+
+    assert totals["devices"] == 2
+    # Device A's TCP records and the one record of the good UDP datagram.
+    assert totals["records"] == sum(session.records_a) + 1
+    assert totals["packets"] == len(session.records_a) + 1
+    assert totals["syns_unanswered"] == 1
+    assert result["capture"]["format"] == "pcap"
+    assert result["capture"]["packets"] == result["capture"]["packets_on_port"]
+    assert result["capture"]["truncated"] is False
+
+
+def test_reordered_and_duplicated_segments_decode_the_same(
+    session: Session, result: dict[str, Any], tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    data = [
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and len(tcp.data) == 400
+    ]
+    assert len(data) == 2, "the 1073-byte packet was sent as 400+400+273 bytes"
+    first, second = data
+    packets[first], packets[second] = packets[second], packets[first]
+    packets.insert(second + 1, packets[second])
+
+    shuffled = analyse_capture(_write_pcap(tmp_path / "x.pcap", packets), session.port)
+
+    assert shuffled["addresses"] == result["addresses"]
+    assert shuffled["devices"] == result["devices"]
+    (conn,) = [c for c in shuffled["connections"] if c["packets"] == 3]
+    assert conn["retransmitted_segments"] == 1
+    assert conn["undecoded_bytes"] == 0
+
+
+def test_capture_started_after_the_login_still_decodes_packets(
+    session: Session, tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    # Drop everything up to the gateway's IMEI reply of the first connection.
+    reply = next(
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and tcp.data == b"\x01"
+    )
+    cut = _write_pcap(tmp_path / "late.pcap", packets[reply + 1 :])
+
+    late = analyse_capture(cut, session.port)
+
+    (conn, *_) = late["connections"]
+    assert conn["handshake_captured"] is False
+    assert (conn["imei"], conn["packets"], conn["server_acks"]) == (None, 3, 2)
+    assert _address(late, DEVICE_A)["packets"] == 4
+
+
+def test_pcapng_reads_like_pcap(
+    session: Session, result: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "gateway.pcapng"
+    with path.open("wb") as handle:
+        writer = dpkt.pcapng.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
+        for ts, buf in _packets(session.path):
+            writer.writepkt(buf, ts)
+
+    converted = analyse_capture(path, session.port)
+
+    assert converted["capture"]["format"] == "pcapng"
+    assert converted["addresses"] == result["addresses"]
+    assert converted["devices"] == result["devices"]
+
+
+def test_capture_torn_at_the_end_is_read_up_to_the_tear(
+    session: Session, tmp_path: Path
+) -> None:
+    raw = session.path.read_bytes()
+    torn = tmp_path / "torn.pcap"
+    torn.write_bytes(raw[:-10])
+
+    partial = analyse_capture(torn, session.port)
+
+    assert partial["capture"]["truncated"] is True
+    assert partial["capture"]["packets"] == len(_packets(session.path))
+    # The torn last packet is a reply or a FIN: every record is still there.
+    assert partial["totals"]["records"] == sum(session.records_a) + 1
+
+
+def test_complete_capture_is_not_called_truncated(result: dict[str, Any]) -> None:
+    assert result["capture"]["truncated"] is False
+
+
+def test_a_file_that_is_not_a_capture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a capture at all\n" * 10)
+
+    with pytest.raises(CaptureError, match="not a pcap or pcapng"):
+        analyse_capture(path, 5027)
+
+
+def test_other_ports_are_ignored(session: Session) -> None:
+    other = analyse_capture(session.path, session.port + 1)
+
+    assert other["capture"]["packets_on_port"] == 0
+    assert other["addresses"] == []
+
+
+def _trackgate(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("trackgate")
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_cli_prints_json_and_tables(session: Session, result: dict[str, Any]) -> None:
+    as_json = _trackgate(
+        "pcap", str(session.path), "--port", str(session.port), "--json"
+    )
+    as_table = _trackgate("pcap", str(session.path), "--port", str(session.port))
+
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["totals"] == result["totals"]
+    assert as_table.returncode == 0, as_table.stderr
+    assert "1 never answered" in as_table.stdout
+    assert "Per client address" in as_table.stdout
+    assert session.imei in as_table.stdout
+
+
+def test_cli_refuses_a_non_capture(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcap"
+    path.write_bytes(b"\x00" * 64)
+
+    outcome = _trackgate("pcap", str(path))
+
+    assert outcome.returncode == 3
+    assert "cannot analyse capture" in outcome.stderr

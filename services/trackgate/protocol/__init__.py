@@ -25,6 +25,7 @@ from trackgate.protocol._connection import (
     TcpServerConnection,
     decode_stream,
     iter_stream,
+    starts_with_login,
 )
 from trackgate.protocol._crc import crc16_ibm
 from trackgate.protocol._errors import (
@@ -126,6 +127,7 @@ __all__ = [
     "encode_udp_datagram",
     "imei_reply",
     "iter_stream",
+    "starts_with_login",
     "tcp_ack",
     "udp_ack",
 ]

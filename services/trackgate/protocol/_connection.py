@@ -48,6 +48,7 @@ __all__ = [
     "TcpServerConnection",
     "decode_stream",
     "iter_stream",
+    "starts_with_login",
 ]
 
 # Largest TCP frame (preamble to CRC) a connection buffers. Teltonika gives

@@ -101,3 +101,85 @@ def trackgate_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
     env.update(overrides)
     return env
+
+
+class IngestProcess:
+    """``trackgate ingest`` as a real process on free loopback ports."""
+
+    def __init__(self, redis_url: str, *, workers: int = 1, **settings: str) -> None:
+        self.redis_url = redis_url
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.workers = workers
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="trackgate-ingest-", suffix=".log")[1])
+
+    def env(self) -> dict[str, str]:
+        env = trackgate_env(
+            TRACKGATE_REDIS_URL=self.redis_url,
+            TRACKGATE_HOST="127.0.0.1",
+            TRACKGATE_PORT=str(self.port),
+            TRACKGATE_ADMIN_HOST="127.0.0.1",
+            TRACKGATE_ADMIN_PORT=str(self.admin_port),
+            TRACKGATE_WORKERS=str(self.workers),
+            TRACKGATE_LOG_LEVEL="INFO",
+        )
+        env.update({f"TRACKGATE_{k.upper()}": v for k, v in self.settings.items()})
+        return env
+
+    def start(self) -> None:
+        import sys
+
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "trackgate", "ingest"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, timeout=30)
+        wait_for_port(self.admin_port, timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(p) for p in children.read_text().split()]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process is None:
+            return 0
+        self.process.terminate()
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """kill -9 the supervisor and its workers: a crash, nothing drains."""
+        if self.process is None:
+            return
+        import signal as _signal
+
+        for pid in self.worker_pids():
+            try:
+                os.kill(pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+
+@contextmanager
+def ingest_process(redis_url: str, **options: object) -> Iterator[IngestProcess]:
+    ingest = IngestProcess(redis_url, **options)  # type: ignore[arg-type]
+    ingest.start()
+    try:
+        yield ingest
+    finally:
+        ingest.stop()

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, cast
 from trackgate.core.store import PacketWrite, StoreError, WriteResult
 from trackgate.protocol import (
     AvlPacket,
+    BadImei,
     GprsMessage,
     Imei,
     KeepAlive,
     RemoteProtocolError,
     TcpServerConnection,
+    imei_reply,
     tcp_ack,
 )
 
@@ -191,6 +193,9 @@ class TcpSession(asyncio.Protocol):
     def _protocol_error(self, exc: RemoteProtocolError) -> bool:
         """Count and log; True when the connection had to be closed."""
         self.worker.decode_error(self, exc)
+        if isinstance(exc, BadImei) and self.transport is not None:
+            # A device reads the refusal byte; silence would make it wait.
+            self.transport.write(imei_reply(False))
         if exc.fatal:
             self.close(f"protocol error: {exc.kind}")
             return True

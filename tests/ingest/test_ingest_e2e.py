@@ -1,0 +1,288 @@
+"""End to end: real packets over real TCP and UDP into a real Redis."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support.servers import IngestProcess, RedisServer
+from tests.support.vectors import frame, vector
+from trackgate.core.keys import Keys
+from trackgate.protocol import encode_avl_packet, encode_imei, encode_udp_datagram
+from trackgate.sim import make_records
+
+IMEI = "356307042441013"
+KEYS = Keys()
+
+
+@pytest.fixture(scope="module")
+def ingest(redis_proc: RedisServer) -> Iterator[IngestProcess]:
+    server = IngestProcess(redis_proc.url)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def db(redis_url: str, ingest: IngestProcess) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+class Device:
+    """A blocking tracker connection, byte-exact."""
+
+    def __init__(self, port: int, imei: str = IMEI) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.imei = imei
+
+    def login(self) -> bytes:
+        self.sock.sendall(encode_imei(self.imei))
+        return self.recv(1)
+
+    def recv(self, n: int, timeout: float = 5.0) -> bytes:
+        self.sock.settimeout(timeout)
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def silent_for(self, seconds: float) -> bool:
+        """True when the server sends nothing for ``seconds``."""
+        self.sock.settimeout(seconds)
+        try:
+            return self.sock.recv(1) == b"" and False
+        except TimeoutError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def entries(db: redis.Redis, imei: str = IMEI) -> list[dict[str, str]]:
+    rows = db.xrange(KEYS.records_for(imei))
+    return [fields for _id, fields in rows if fields["imei"] == imei]
+
+
+def test_handshake_packets_and_acks_land_in_the_stream(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    device = Device(ingest.port)
+    assert device.login() == b"\x01"
+    device.sock.sendall(frame("wiki-codec8-tcp-ex1"))
+    assert device.recv(4) == bytes.fromhex("00000001")
+    device.sock.sendall(frame("traccar-c8-26"))
+    assert device.recv(4) == (14).to_bytes(4, "big")
+    device.close()
+
+    rows = entries(db)
+    assert len(rows) == 15
+    first = rows[0]
+    expected = vector("wiki-codec8-tcp-ex1")["expected"]["records"][0]
+    assert first["imei"] == IMEI
+    assert first["timestamp"] == str(expected["timestamp_ms"]) == "1560161086000"
+    assert first["priority"] == "1"
+    assert float(first["longitude"]) == 0.0 and float(first["latitude"]) == 0.0
+    assert first["altitude"] == "0" and first["angle"] == "0"
+    assert first["satellites"] == "0" and first["speed"] == "0"
+    assert first["event_id"] == "1"
+    assert json.loads(first["io"]) == {
+        "21": 3,
+        "1": 1,
+        "66": 24079,
+        "241": 24602,
+        "78": 0,
+    }
+    assert first["codec"] == "8" and first["transport"] == "tcp"
+    assert "generation_type" not in first
+    assert abs(int(first["received_at"]) - time.time() * 1000) < 60_000
+
+    traccar = vector("traccar-c8-26")["expected"]["records"]
+    for row, want in zip(rows[1:], traccar, strict=True):
+        assert row["timestamp"] == str(want["timestamp_ms"])
+        assert float(row["latitude"]) == pytest.approx(want["latitude"], abs=1e-7)
+        assert float(row["longitude"]) == pytest.approx(want["longitude"], abs=1e-7)
+        assert int(row["altitude"]) == want["altitude_m"]
+
+
+def test_device_hash_tracks_session_and_newest_position(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    records = make_records(3, start_ms=1_700_000_000_000, codec=8)
+    newest_first = list(reversed(records))
+    device = Device(ingest.port)
+    assert device.login() == b"\x01"
+    device.sock.sendall(encode_avl_packet(8, newest_first))
+    assert device.recv(4) == (3).to_bytes(4, "big")
+    # An older record arriving later must not move the position back.
+    device.sock.sendall(
+        encode_avl_packet(
+            8, make_records(1, start_ms=1_600_000_000_000, codec=8, seed=5)
+        )
+    )
+    assert device.recv(4) == (1).to_bytes(4, "big")
+
+    status = db.hgetall(KEYS.device(IMEI))
+    assert status["connected"] == "1"
+    assert status["peer"].startswith("127.0.0.1:")
+    assert status["last_timestamp"] == str(records[-1].timestamp)
+    assert float(status["last_latitude"]) == records[-1].latitude
+    assert status["records_received"] == "4"
+    assert db.zscore(KEYS.devices(), IMEI) is not None
+    device.close()
+
+    deadline = time.monotonic() + 5
+    while db.hget(KEYS.device(IMEI), "connected") != "0":
+        assert time.monotonic() < deadline, "device still marked connected"
+        time.sleep(0.05)
+    # Stored as sent: newest first in the stream too.
+    stamps = [int(r["timestamp"]) for r in entries(db)]
+    assert stamps == [r.timestamp for r in newest_first] + [1_600_000_000_000]
+
+
+def test_crc_error_gets_no_ack_and_stores_nothing(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    device = Device(ingest.port)
+    assert device.login() == b"\x01"
+    bad = bytearray(frame("wiki-codec8-tcp-ex1"))
+    bad[-1] ^= 0xFF
+    device.sock.sendall(bytes(bad))
+    assert device.silent_for(0.7)
+    assert entries(db) == []
+    # The stream stays in sync: the next good packet is stored and ACKed.
+    device.sock.sendall(frame("wiki-codec8-tcp-ex1"))
+    assert device.recv(4) == bytes.fromhex("00000001")
+    assert len(entries(db)) == 1
+    device.close()
+
+
+def test_non_digit_imei_is_refused_with_zero(ingest: IngestProcess) -> None:
+    device = Device(ingest.port, imei="35630704244101A")
+    device.sock.sendall(b"\x00\x0f" + b"35630704244101A")
+    assert device.recv(1) == b"\x00"
+    assert device.recv(1, timeout=2) == b""  # then the link is closed
+    device.close()
+
+
+def test_keepalive_byte_is_never_answered(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    device = Device(ingest.port)
+    device.sock.sendall(b"\xff")
+    assert device.login() == b"\x01"
+    device.sock.sendall(b"\xff")
+    assert device.silent_for(0.5)
+    device.sock.sendall(b"\xff" + frame("wiki-codec8e-tcp-ex1"))
+    assert device.recv(4) == bytes.fromhex("00000001")
+    assert device.silent_for(0.3)
+    assert len(entries(db)) == 1
+    device.close()
+
+
+def test_packet_split_1024_plus_237_is_stored_once(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    entry = vector("karticr-codec8-tcp-split-1024")
+    first, second = (bytes.fromhex(s) for s in entry["segments"])
+    assert (len(first), len(second)) == (1024, 237)
+    device = Device(ingest.port)
+    assert device.login() == b"\x01"
+    device.sock.sendall(first)
+    assert device.silent_for(0.3)
+    device.sock.sendall(second)
+    assert device.recv(4) == (14).to_bytes(4, "big")
+    rows = entries(db)
+    assert len(rows) == 14
+    want = entry["expected"]["records"]
+    assert [r["timestamp"] for r in rows] == [str(w["timestamp_ms"]) for w in want]
+    device.close()
+
+
+def test_several_packets_in_one_write_are_all_acked(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    device = Device(ingest.port)
+    burst = encode_imei(IMEI) + frame("wiki-codec8-tcp-ex1") + frame("traccar-c8-10")
+    device.sock.sendall(burst)
+    assert device.recv(1 + 4 + 4) == b"\x01" + (1).to_bytes(4, "big") + (3).to_bytes(
+        4, "big"
+    )
+    assert len(entries(db)) == 4
+    device.close()
+
+
+def test_zero_record_packet_is_acked_with_zero(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    device = Device(ingest.port)
+    assert device.login() == b"\x01"
+    device.sock.sendall(frame("uro-codec8-zero-records"))
+    assert device.recv(4) == bytes(4)
+    assert entries(db) == []
+    assert db.hget(KEYS.device(IMEI), "seen_at") is not None
+    device.close()
+
+
+def test_resent_packet_is_stored_once(db: redis.Redis, ingest: IngestProcess) -> None:
+    packet = frame("traccar-c8-27")
+    for _attempt in range(3):
+        device = Device(ingest.port)
+        assert device.login() == b"\x01"
+        device.sock.sendall(packet)
+        # Every copy is ACKed in full: the device may forget the records.
+        assert device.recv(4) == (8).to_bytes(4, "big")
+        device.close()
+    assert len(entries(db)) == 8
+    counts = db.hmget(KEYS.dedup(IMEI), "stored", "duplicates")
+    assert counts == ["8", "16"]
+
+
+def test_udp_datagram_is_stored_and_acked_with_its_ids(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    entry = vector("wiki-codec8-udp-ex1")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.sendto(bytes.fromhex(entry["hex"]), ("127.0.0.1", ingest.port))
+    ack, _ = sock.recvfrom(64)
+    assert ack.hex() == entry["expected"]["server_ack_hex"]
+    imei = entry["expected"]["imei"]
+    rows = entries(db, imei)
+    assert len(rows) == 1 and rows[0]["transport"] == "udp"
+    # The same datagram again (the ACK was lost): ACKed, not stored twice.
+    sock.sendto(bytes.fromhex(entry["hex"]), ("127.0.0.1", ingest.port))
+    ack_again, _ = sock.recvfrom(64)
+    assert ack_again == ack
+    assert len(entries(db, imei)) == 1
+    sock.close()
+
+
+def test_udp_codec8e_datagram_from_the_encoder(
+    db: redis.Redis, ingest: IngestProcess
+) -> None:
+    records = make_records(4, codec=0x8E)
+    datagram = encode_udp_datagram(
+        packet_id=0xBEEF,
+        avl_packet_id=7,
+        imei="352093081452251",
+        codec=0x8E,
+        records=records,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.sendto(datagram, ("127.0.0.1", ingest.port))
+    ack, _ = sock.recvfrom(64)
+    assert ack == bytes.fromhex("0005beef010704")
+    rows = entries(db, "352093081452251")
+    assert [json.loads(r["io"])["11"] for r in rows] == [8_937_000_000_000_000_000] * 4
+    sock.close()

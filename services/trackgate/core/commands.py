@@ -28,7 +28,7 @@ import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from trackgate.core.keys import Keys
 from trackgate.core.paging import ScoreCursor, as_text, newest_first
@@ -242,6 +242,11 @@ class Claim:
     max_attempts: int
 
 
+#: What :meth:`CommandStore.claim_next` returns while another session holds
+#: the head of the queue.
+BUSY: Literal["busy"] = "busy"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -323,10 +328,13 @@ return 'expired'
 """
 )
 
-# KEYS: cmd, cmdq   ARGV: id, session, now, retention_ms, detail
+# KEYS: cmd, cmdq, device   ARGV: id, session, now, retention_ms, detail
 # The head of the queue goes out only if it is queued (or was sent by a
 # session that is gone, which costs that attempt), not expired, and has
-# attempts left. Replies: {outcome, ...}; 'sent' carries what to send.
+# attempts left. A session is gone when the device hash names another
+# session as the device's current one, or names it and says disconnected;
+# while it may still be alive the command is 'busy' there. Replies:
+# {outcome, ...}; 'sent' carries what to send.
 _CLAIM = (
     _PRELUDE
     + """
@@ -343,6 +351,10 @@ local attempts = tonumber(f[2]) or 0
 local max_attempts = tonumber(f[3]) or 1
 if state == 'sent' then
   if f[5] == session then return {'inflight'} end
+  local owner = redis.call('HMGET', KEYS[3], 'session_id', 'connected')
+  local gone = (owner[1] and owner[1] ~= f[5]) or
+    (owner[1] == f[5] and owner[2] == '0')
+  if not gone then return {'busy'} end
   local lost = 'session ' .. (f[5] or '?') .. ' ended before an answer'
   if attempts >= max_attempts then
     redis.call('HSET', KEYS[1], 'state', 'failed', 'updated_at', now,
@@ -388,7 +400,7 @@ _ANSWERED = (
     + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'session_id', 'attempts')
 local late = f[1] == 'queued' and f[2] == ARGV[2]
-if f[1] ~= 'sent' and not late then return f[1] or 'missing' end
+if f[1] ~= 'sent' and not late then return 'unchanged' end
 redis.call('HSET', KEYS[1], 'state', 'answered', 'response', ARGV[5],
   'answered_at', ARGV[3], 'updated_at', ARGV[3])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'response_hex', ARGV[6]) end
@@ -408,7 +420,7 @@ _ATTEMPT_FAILED = (
     + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'session_id', 'attempts',
   'max_attempts')
-if f[1] ~= 'sent' or f[2] ~= ARGV[2] then return f[1] or 'missing' end
+if f[1] ~= 'sent' or f[2] ~= ARGV[2] then return 'unchanged' end
 local attempts = tonumber(f[3]) or 0
 if ARGV[6] == '1' or attempts >= (tonumber(f[4]) or 1) then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[5],
@@ -607,12 +619,16 @@ class CommandStore:
         await self._announce(imei, command_id, "cancelled")
         return await self.get(imei, command_id)
 
-    async def claim_next(self, imei: str, session_id: str, detail: str) -> Claim | None:
+    async def claim_next(
+        self, imei: str, session_id: str, detail: str
+    ) -> Claim | Literal["busy"] | None:
         """Take the head of the device's queue for ``session_id``.
 
         Commands met on the way that expired, ran out of attempts or were
         finished elsewhere leave the queue. Returns None when nothing can be
-        sent now (empty queue, or the head is already in flight here).
+        sent now (empty queue, or the head is already in flight here), and
+        :data:`BUSY` when the head is in flight on another session that may
+        still be alive (the device hash does not name a newer one yet).
         """
         # Every pass removes one id from the queue or returns, so the queue
         # bound is also the bound of this loop.
@@ -623,7 +639,7 @@ class CommandStore:
             reply = [
                 as_text(v) or ""
                 for v in await self._claim(
-                    self._pair(imei, head),
+                    [*self._pair(imei, head), self.keys.device(imei)],
                     [head, session_id, str(now_ms()), str(self.retention_ms), detail],
                 )
             ]
@@ -636,6 +652,8 @@ class CommandStore:
                              int(max_attempts))  # fmt: skip
             if outcome == "inflight":
                 return None
+            if outcome == "busy":
+                return BUSY
             if outcome in ("expired", "failed"):
                 log.info(
                     "command %s for imei=%s %s before delivery", head, imei, outcome
@@ -646,7 +664,8 @@ class CommandStore:
     async def answered(
         self, imei: str, command_id: str, session_id: str, response: bytes
     ) -> str:
-        """Record the device's answer; returns the state the command ended in."""
+        """Record the device's answer: ``answered``, or ``unchanged`` if the
+        command was not waiting for one from this session (settled already)."""
         printable = all(32 <= b < 127 or b in (9, 10, 13) for b in response)
         outcome = as_text(
             await self._answered(
@@ -673,8 +692,8 @@ class CommandStore:
     ) -> str:
         """Count a failed attempt; returns ``queued`` (will retry) or ``failed``.
 
-        Any other return means the attempt was no longer this session's to
-        fail (answered meanwhile, or claimed by a newer session).
+        ``unchanged`` means the attempt was no longer this session's to fail
+        (answered meanwhile, or claimed by a newer session).
         """
         outcome = as_text(
             await self._attempt_failed(

@@ -43,7 +43,12 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from trackgate.core.commands import DEFAULT_RETENTION_S, CommandStore
+from trackgate.core.commands import (
+    BUSY,
+    DEFAULT_QUEUE_MAX,
+    DEFAULT_RETENTION_S,
+    CommandStore,
+)
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import AsyncClient
 from trackgate.protocol import (
@@ -156,7 +161,9 @@ class CommandCourier:
         self._checked_at.pop(session.session_id, None)
         await self._deliver(session)
 
-    async def response_received(self, session: CommandSession, message: GprsMessage) -> None:
+    async def response_received(
+        self, session: CommandSession, message: GprsMessage
+    ) -> None:
         """The device answered (Codec 12/14 type 6) or refused (Codec 14 nACK)."""
         nack = message.codec == CODEC_14 and message.type == NACK_TYPE
         answer = message.codec in (CODEC_12, CODEC_14) and message.type == RESPONSE_TYPE
@@ -221,7 +228,9 @@ class CommandCourier:
             return
         flight.timer.cancel()
         self._spawn(
-            self._fail_attempt(session, flight.command_id, "session ended before an answer")
+            self._fail_attempt(
+                session, flight.command_id, "session ended before an answer"
+            )
         )
 
     async def close(self) -> None:
@@ -233,7 +242,9 @@ class CommandCourier:
             retry.cancel()
         self._retries.clear()
         if self._tasks:
-            _done, pending = await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT_S)
+            _done, pending = await asyncio.wait(
+                list(self._tasks), timeout=CLOSE_TIMEOUT_S
+            )
             for task in pending:
                 task.cancel()
             if pending:
@@ -247,52 +258,65 @@ class CommandCourier:
             return
         lock = self._locks.setdefault(sid, asyncio.Lock())
         async with lock:
-            if self._closed or session.closed or sid in self._flights:
-                return
-            try:
-                claim = await self.store.claim_next(
-                    session.imei, sid,
-                    f"sent on session {sid} (pod {self.pod or '?'}, peer {session.peer})",
-                )  # fmt: skip
-            except RedisError as exc:
-                self._redis_failed(session, "claim a command", exc)
-                return
-            self._checked_at[sid] = time.monotonic()
-            if claim is None:
-                return
+            # Each pass settles one command or sends one: the queue bound
+            # bounds the loop.
+            for _ in range(DEFAULT_QUEUE_MAX):
+                if self._closed or session.closed or sid in self._flights:
+                    return
+                if not await self._send_next(session):
+                    return
 
-            codec = CODEC_14 if self.codec14 or claim.codec == CODEC_14 else CODEC_12
-            try:
-                frame = encode_command(
-                    claim.payload, codec=codec,
-                    imei=session.imei if codec == CODEC_14 else None,
-                )  # fmt: skip
-            except LocalProtocolError as exc:
-                log.warning("imei=%s command %s cannot be encoded: %s",
-                            session.imei, claim.command_id, exc)  # fmt: skip
-                await self._fail_attempt(session, claim.command_id, str(exc), final=True)
-                return
-            if session.closed:
-                await self._fail_attempt(
-                    session, claim.command_id, "session closed before sending"
-                )
-                return
-
-            session.send(frame)
-            self.stats.sent += 1
-            self._timed_out.pop(sid, None)
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(
-                self.response_timeout, self._on_timeout, session, claim.command_id
-            )
-            self._flights[sid] = _Flight(
-                claim.command_id, codec, claim.attempt, time.monotonic(), timer
-            )
-            log.info(
-                "imei=%s peer=%s command %s sent, codec %d, attempt %d/%d",
-                session.imei, session.peer, claim.command_id, codec, claim.attempt,
-                claim.max_attempts,
+    async def _send_next(self, session: CommandSession) -> bool:
+        """Claim and send the head of the queue; True if another may follow."""
+        sid = session.session_id
+        try:
+            claim = await self.store.claim_next(
+                session.imei, sid,
+                f"sent on session {sid} (pod {self.pod or '?'}, peer {session.peer})",
             )  # fmt: skip
+        except RedisError as exc:
+            self._redis_failed(session, "claim a command", exc)
+            return False
+        if claim == BUSY:
+            # Another session of this device still holds the command; check
+            # again at the next packet, when this session is the known owner.
+            return False
+        self._checked_at[sid] = time.monotonic()
+        if claim is None:
+            return False
+
+        codec = CODEC_14 if self.codec14 or claim.codec == CODEC_14 else CODEC_12
+        try:
+            frame = encode_command(
+                claim.payload, codec=codec,
+                imei=session.imei if codec == CODEC_14 else None,
+            )  # fmt: skip
+        except LocalProtocolError as exc:
+            log.warning("imei=%s command %s cannot be encoded: %s",
+                        session.imei, claim.command_id, exc)  # fmt: skip
+            await self._record_failure(session, claim.command_id, str(exc), final=True)
+            return True
+        if session.closed:
+            await self._record_failure(
+                session, claim.command_id, "session closed before sending"
+            )
+            return False
+
+        session.send(frame)
+        self.stats.sent += 1
+        self._timed_out.pop(sid, None)
+        timer = asyncio.get_running_loop().call_later(
+            self.response_timeout, self._on_timeout, session, claim.command_id
+        )
+        self._flights[sid] = _Flight(
+            claim.command_id, codec, claim.attempt, time.monotonic(), timer
+        )
+        log.info(
+            "imei=%s peer=%s command %s sent, codec %d, attempt %d/%d",
+            session.imei, session.peer, claim.command_id, codec, claim.attempt,
+            claim.max_attempts,
+        )  # fmt: skip
+        return False
 
     def _on_timeout(self, session: CommandSession, command_id: str) -> None:
         flight = self._flights.get(session.session_id)
@@ -309,29 +333,35 @@ class CommandCourier:
         command_id: str,
         reason: str,
         *,
-        final: bool = False,
         retry: bool = False,
     ) -> None:
+        """Count the failed attempt, then retry later or move the queue on."""
+        outcome = await self._record_failure(session, command_id, reason)
+        if outcome == "queued" and retry:
+            self._schedule_retry(session)
+        elif outcome == "failed" and not session.closed:
+            self._checked_at.pop(session.session_id, None)
+            await self._deliver(session)
+
+    async def _record_failure(
+        self, session: CommandSession, command_id: str, reason: str, *,
+        final: bool = False,
+    ) -> str | None:  # fmt: skip
         try:
             outcome = await self.store.attempt_failed(
                 session.imei, command_id, session.session_id, reason, final=final
             )
         except RedisError as exc:
             self._redis_failed(session, "record a failed attempt", exc)
-            return
+            return None
         if outcome not in ("queued", "failed"):
-            return  # settled meanwhile (answered, or taken by a newer session)
+            return None  # settled meanwhile (answered, or taken by a newer session)
         self.stats.attempts_failed += 1
         if outcome == "failed":
             self.stats.failed += 1
         log.info("imei=%s peer=%s command %s attempt failed (%s): %s",
                  session.imei, session.peer, command_id, reason, outcome)  # fmt: skip
-        if retry and outcome == "queued":
-            self._schedule_retry(session)
-        elif outcome == "failed" and not session.closed:
-            # The queue moves on to the next command.
-            self._checked_at.pop(session.session_id, None)
-            await self._deliver(session)
+        return outcome
 
     def _schedule_retry(self, session: CommandSession) -> None:
         if self._closed or session.closed:
@@ -346,14 +376,20 @@ class CommandCourier:
             self._checked_at.pop(sid, None)
             self._spawn(self._deliver(session))
 
-        self._retries[sid] = asyncio.get_running_loop().call_later(self.retry_delay, fire)
+        self._retries[sid] = asyncio.get_running_loop().call_later(
+            self.retry_delay, fire
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _redis_failed(self, session: CommandSession, doing: str, exc: RedisError) -> None:
+    def _redis_failed(
+        self, session: CommandSession, doing: str, exc: RedisError
+    ) -> None:
         self.stats.redis_errors += 1
-        log.warning("imei=%s peer=%s could not %s: %s: %s",
-                    session.imei, session.peer, doing, type(exc).__name__, exc)  # fmt: skip
+        log.warning(
+            "imei=%s peer=%s could not %s: %s: %s",
+            session.imei, session.peer, doing, type(exc).__name__, exc,
+        )  # fmt: skip

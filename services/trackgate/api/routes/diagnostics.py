@@ -1,33 +1,43 @@
 """Diagnostics of this pod's network: listen queue, kernel counters, findings.
 
 The API container shares the ingest container's network namespace, so what
-``trackgate.diagnostics`` reads here (the listener's accept queue, the
-namespace's TCP counters) is the ingest service's view. When that package
-offers no report function, the endpoint says so (501) rather than invent
-numbers.
+``trackgate.diagnostics`` reads here (the ingest listener's accept queue,
+the namespace's TCP counters, conntrack) is the ingest service's view. The
+report samples twice, ``seconds`` apart, in a worker thread; at most
+:data:`CONCURRENT_REPORTS` run at once so a burst of calls cannot tie up
+the thread pool.
 """
 
 from __future__ import annotations
 
-import inspect
+from functools import partial
 from typing import Annotated, Any
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Query
 
 from trackgate.api.deps import ReadScope, SettingsDep
-from trackgate.api.errors import Invalid, NotImplementedYet
+from trackgate.api.errors import Invalid, Unavailable
 from trackgate.api.routes import COMMON_ERRORS, V1
-from trackgate.api.schemas import ErrorBody
+from trackgate.diagnostics import DiagnosticsError, collect_report
 
 router = APIRouter(prefix=V1, tags=["diagnostics"], responses=COMMON_ERRORS)
 
+#: Reports sampled at the same time; each holds a thread for ``seconds``.
+CONCURRENT_REPORTS = 2
 
-@router.get(
-    "/diagnostics",
-    summary="Network diagnostics of this pod",
-    responses={501: {"model": ErrorBody, "description": "Diagnostics not built in."}},
-)
+_limiter: anyio.CapacityLimiter | None = None
+
+
+def _reports_limiter() -> anyio.CapacityLimiter:
+    global _limiter
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(CONCURRENT_REPORTS)
+    return _limiter
+
+
+@router.get("/diagnostics", summary="Network diagnostics of this pod")
 async def get_diagnostics(
     _: ReadScope,
     settings: SettingsDep,
@@ -35,21 +45,18 @@ async def get_diagnostics(
         float, Query(ge=0, le=60, description="How long to sample counters.")
     ] = 1.0,
 ) -> dict[str, Any]:
-    """Listen queue of the ingest port, kernel counters and what they suggest."""
-    if seconds > settings.api_diagnostics_max_s:
-        raise Invalid(
-            f"seconds must be at most {settings.api_diagnostics_max_s}",
-            code="invalid_request",
-        )
-    from trackgate import diagnostics
+    """Listen queue of the ingest port, kernel counters and what they suggest.
 
-    collect = getattr(diagnostics, "collect_report", None)
-    if collect is None:
-        raise NotImplementedYet(
-            "this build has no diagnostics report", code="diagnostics_unavailable"
+    The shape is documented in docs/diagnostics.md.
+    """
+    if seconds > settings.api_diagnostics_max_s:
+        raise Invalid(f"seconds must be at most {settings.api_diagnostics_max_s}")
+    try:
+        return await anyio.to_thread.run_sync(
+            partial(collect_report, settings.port, seconds),
+            limiter=_reports_limiter(),
         )
-    if inspect.iscoroutinefunction(collect):
-        report = await collect(settings.port, seconds)
-    else:
-        report = await anyio.to_thread.run_sync(collect, settings.port, seconds)
-    return dict(report)
+    except DiagnosticsError as exc:
+        raise Unavailable(
+            f"the kernel did not answer: {exc}", code="diagnostics_unavailable"
+        ) from exc

@@ -123,9 +123,7 @@ def cgroup_base() -> Iterator[Path]:
 
 
 @pytest.fixture
-def pod(
-    netns: Callable[[str], str], cgroup_base: Path
-) -> Iterator[Callable[..., Pod]]:
+def pod(netns: Callable[[str], str], cgroup_base: Path) -> Iterator[Callable[..., Pod]]:
     """Factory: a sleeping process in a new netns, in a kubelet-style cgroup.
 
     ``style="cgroupfs"`` gives ``kubepods/besteffort/pod<uid>``;

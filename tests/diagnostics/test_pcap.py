@@ -187,6 +187,34 @@ def test_reordered_and_duplicated_segments_decode_the_same(
     assert conn["undecoded_bytes"] == 0
 
 
+def test_sequence_numbers_wrapping_past_2_32_decode_the_same(
+    session: Session, result: dict[str, Any], tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    first_syn = next(
+        tcp
+        for _, buf in packets
+        if (tcp := _tcp(buf)) is not None and tcp.flags == dpkt.tcp.TH_SYN
+    )
+    # Make device A's first stream wrap 600 bytes in, inside its second packet.
+    shift = (2**32 - 600 - first_syn.seq) % 2**32
+    shifted = []
+    for ts, buf in packets:
+        frame = dpkt.ethernet.Ethernet(buf)
+        tcp = frame.data.data
+        if isinstance(tcp, dpkt.tcp.TCP):
+            if tcp.dport == session.port:
+                tcp.seq = (tcp.seq + shift) % 2**32
+            elif tcp.flags & dpkt.tcp.TH_ACK:
+                tcp.ack = (tcp.ack + shift) % 2**32
+        shifted.append((ts, bytes(frame)))
+
+    wrapped = analyse_capture(_write_pcap(tmp_path / "w.pcap", shifted), session.port)
+
+    assert wrapped["addresses"] == result["addresses"]
+    assert wrapped["devices"] == result["devices"]
+
+
 def test_capture_started_after_the_login_still_decodes_packets(
     session: Session, tmp_path: Path
 ) -> None:

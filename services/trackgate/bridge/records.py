@@ -42,22 +42,21 @@ def exact_int(value: int) -> int | str:
     return value if -EXACT_INT_LIMIT < value < EXACT_INT_LIMIT else str(value)
 
 
-def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
-    raw = fields.get(name)
-    if raw is None:
-        raw = fields.get(name.encode())
-    if raw is None:
-        return None
-    if isinstance(raw, bytes):
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EntryError(f"field {name} is not UTF-8") from exc
-    return raw
+def _decoded(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    text: dict[str, str] = {}
+    for key, raw in fields.items():
+        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise EntryError(f"field {name} is not UTF-8") from exc
+        text[name] = raw
+    return text
 
 
-def _required(fields: Mapping[bytes | str, bytes | str], name: str) -> str:
-    value = _text(fields, name)
+def _required(fields: Mapping[str, str], name: str) -> str:
+    value = fields.get(name)
     if value is None:
         raise EntryError(f"field {name} is missing")
     return value
@@ -113,25 +112,23 @@ def record_from_entry(fields: Mapping[bytes | str, bytes | str]) -> Record:
     a newer ingest does not break an older bridge. Raises ``EntryError``
     when a contract field is missing or malformed.
     """
-    imei = _required(fields, "imei")
+    text = _decoded(fields)
+    imei = _required(text, "imei")
     if not imei.isdigit() or not imei.isascii():
         raise EntryError(f"imei is not a string of digits: {imei[:40]!r}")
     record: Record = {"imei": imei}
 
     for name in INT_FIELDS:
-        record[name] = exact_int(_integer(name, _required(fields, name)))
+        record[name] = exact_int(_integer(name, _required(text, name)))
     for name in FLOAT_FIELDS:
-        record[name] = _degrees(name, _required(fields, name))
+        record[name] = _degrees(name, _required(text, name))
     for name in OPTIONAL_INT_FIELDS:
-        text = _text(fields, name)
-        if text is not None:
-            record[name] = exact_int(_integer(name, text))
-    record["io"] = _io(_required(fields, "io"))
+        if name in text:
+            record[name] = exact_int(_integer(name, text[name]))
+    record["io"] = _io(_required(text, "io"))
 
-    for key in fields:
-        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-        if name not in record:
-            record[name] = _text(fields, name)
+    for name, value in text.items():
+        record.setdefault(name, value)
     return record
 
 

@@ -9,6 +9,7 @@ namespace. The host's sysctls are read before and after, never written.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -349,3 +350,61 @@ def test_counters_show_listen_overflows_of_the_pod_namespace(
 
     assert result.pods[0].counters["ListenOverflows"] > before
     assert engine.counters()["ListenOverflows"] == 0
+
+
+_CAPABILITY_PROBE = """
+import sys
+from trackgate.operator.engine import Engine, PodTarget
+from trackgate.operator.netns import Target
+state, node, pod_path = sys.argv[1:4]
+engine = Engine(state, Target("node", node))
+pod = PodTarget("u1", "default/p", pod_path, {"net.core.somaxconn": "5001"})
+result = engine.apply("gateways", {"net.core.somaxconn": "5000"}, [pod])
+print(";".join(f.error for f in result.failures) or "ok")
+"""
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "outcome"),
+    [
+        ("+sys_admin,+sys_ptrace", "ok"),
+        ("+sys_ptrace", "cannot join network namespace"),
+        ("+sys_admin", "Permission denied"),
+    ],
+)
+def test_agent_needs_only_sys_admin_and_sys_ptrace_here(
+    tmp_path: Path,
+    netns: Callable[[str], str],
+    pod: Callable[..., Pod],
+    capabilities: str,
+    outcome: str,
+) -> None:
+    """CAP_SYS_ADMIN joins namespaces; CAP_SYS_PTRACE opens the ns link of a
+    pod process holding capabilities the agent lacks. Namespaces owned by the
+    initial user namespace need no CAP_NET_ADMIN for a root agent."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux setpriv to drop capabilities")
+    node_ns, selected = netns("node"), pod("selected")
+
+    probe = subprocess.run(
+        [
+            "setpriv",
+            f"--bounding-set=-all,{capabilities}",
+            "--inh-caps=-all",
+            sys.executable,
+            "-c",
+            _CAPABILITY_PROBE,
+            str(tmp_path / "state"),
+            f"/run/netns/{node_ns}",
+            selected.netns_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+    assert outcome in probe.stdout, probe.stdout + probe.stderr
+    if outcome == "ok":
+        assert read_in(node_ns, SOMAXCONN) == "5000"
+        assert read_in(selected.netns, SOMAXCONN) == "5001"

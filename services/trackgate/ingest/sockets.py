@@ -10,7 +10,6 @@ acknowledging data we sent (an ACK or a command) sooner.
 from __future__ import annotations
 
 import socket
-import struct
 from pathlib import Path
 from typing import Protocol
 
@@ -73,20 +72,3 @@ def configure_listener(sock: socket.socket, settings: KeepaliveSettings) -> None
             socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, settings.user_timeout_s * 1000
         )
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-#: struct tcp_info up to tcpi_sacked: state, ca_state, retransmits, probes,
-#: backoff, options, wscale, flags (8 x u8), rto, ato, snd_mss, rcv_mss,
-#: unacked, sacked (6 x u32). On a listening socket unacked is the current
-#: accept-queue length and sacked its limit.
-_TCP_INFO_HEAD = struct.Struct("=8B6I")
-
-
-def listen_queue(sock: socket.socket) -> tuple[int, int]:
-    """(accept-queue length, backlog limit) of a listening TCP socket."""
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_HEAD.size)
-    except OSError:
-        return 0, 0
-    fields = _TCP_INFO_HEAD.unpack_from(raw)
-    return fields[12], fields[13]

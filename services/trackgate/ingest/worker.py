@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -37,12 +38,10 @@ from trackgate.core.store import (
 )
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.session import TcpSession
-from trackgate.ingest.sockets import (
-    configure_listener,
-    listen_queue,
-    open_listeners,
-    read_somaxconn,
-)
+from trackgate.diagnostics.errors import KernelInterfaceError
+from trackgate.diagnostics.kernel import read_conntrack_stats, read_netstat
+from trackgate.diagnostics.sockets import listen_queue
+from trackgate.ingest.sockets import configure_listener, open_listeners, read_somaxconn
 from trackgate.protocol import (
     GprsMessage,
     RemoteProtocolError,
@@ -416,6 +415,59 @@ class Worker:
             "Packets waiting for the Redis writer",
             lambda: [(float(self.writer.queued), {})],
         )
+        if self.index == 0:
+            # Kernel counters belong to the network namespace, not a worker:
+            # one worker exports them, so dashboards do not count them twice.
+            self._register_kernel_metrics()
+
+    def _register_kernel_metrics(self) -> None:
+        t = self.telemetry
+        for name, counter, what in KERNEL_COUNTERS:
+            t.counter(name, what, _netstat_reader(counter))
+
+        def conntrack(field_name: str) -> Callable[[], list[tuple[float, dict[str, str]]]]:
+            def read() -> list[tuple[float, dict[str, str]]]:
+                stats = read_conntrack_stats()
+                if stats is None:
+                    return []
+                value = {"count": stats.count, "max": stats.max}.get(
+                    field_name, stats.counters.get(field_name)
+                )
+                return [] if value is None else [(float(value), {})]
+
+            return read
+
+        t.gauge("trackgate.conntrack.entries", "Conntrack entries", conntrack("count"))
+        t.gauge("trackgate.conntrack.max", "nf_conntrack_max", conntrack("max"))
+        for column in ("insert_failed", "drop", "early_drop"):
+            t.counter(f"trackgate.conntrack.{column}",
+                      f"Conntrack {column}, summed over CPUs", conntrack(column))  # fmt: skip
+
+
+#: Counters of /proc/net/netstat exported as metrics (exported name, key, meaning).
+KERNEL_COUNTERS = (
+    ("trackgate.listen_overflows", "TcpExtListenOverflows",
+     "Connections dropped because an accept queue was full (this netns)"),
+    ("trackgate.listen_drops", "TcpExtListenDrops",
+     "SYNs and handshakes dropped at a listener, overflows included"),
+    ("trackgate.tcp_backlog_drops", "TcpExtTCPBacklogDrop",
+     "Segments dropped because a socket's backlog was full while it was busy; "
+     "not the accept queue"),
+    ("trackgate.syn_queue_drops", "TcpExtTCPReqQFullDrop",
+     "SYNs dropped because the SYN queue was full and cookies were off"),
+    ("trackgate.syncookies_sent", "TcpExtSyncookiesSent", "SYN cookies sent"),
+)  # fmt: skip
+
+
+def _netstat_reader(counter: str) -> Callable[[], list[tuple[float, dict[str, str]]]]:
+    def read() -> list[tuple[float, dict[str, str]]]:
+        try:
+            value = read_netstat().get(counter)
+        except KernelInterfaceError:
+            return []
+        return [] if value is None else [(float(value), {})]
+
+    return read
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):

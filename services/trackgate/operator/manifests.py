@@ -143,7 +143,7 @@ def render_daemonset(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": "25%"},
             },
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         },
     }
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -303,7 +303,7 @@ _CANCEL = (
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
-if state ~= 'queued' then return state end
+if state ~= 'queued' then return 'was:' .. state end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated_at', ARGV[2])
 push_history(KEYS[1], 'cancelled', ARGV[2], 'cancelled by a client')
 retire(KEYS[1], KEYS[2], ARGV[1], ARGV[3])
@@ -319,7 +319,7 @@ local f = redis.call('HMGET', KEYS[1], 'state', 'expires_at')
 if not f[1] then return 'missing' end
 local expires = tonumber(f[2])
 if f[1] ~= 'queued' or (not expires) or tonumber(ARGV[2]) < expires then
-  return f[1]
+  return 'unchanged'
 end
 redis.call('HSET', KEYS[1], 'state', 'expired', 'updated_at', ARGV[2])
 push_history(KEYS[1], 'expired', ARGV[2], 'not delivered before it expired')
@@ -436,8 +436,13 @@ return 'queued'
 )
 
 
-def new_command_id() -> str:
-    return uuid.uuid4().hex
+def new_command_id(created_at: int) -> str:
+    """32 hex digits: creation time (ms, 12 digits) then 80 random bits.
+
+    Ids sort by creation time to the millisecond; within one millisecond
+    their order is random.
+    """
+    return f"{created_at:012x}{secrets.token_hex(10)}"
 
 
 class CommandStore:
@@ -484,7 +489,7 @@ class CommandStore:
         :class:`CommandRateLimited` and :class:`CommandQueueFull`.
         """
         created_at = now_ms() if at is None else at
-        command_id = new_command_id()
+        command_id = new_command_id(created_at)
         imei = new.imei
         fields: dict[str, str] = {
             "id": command_id,
@@ -614,7 +619,7 @@ class CommandStore:
         if outcome == "missing":
             raise UnknownCommand(f"no command {command_id} for device {imei}")
         if outcome != "cancelled":
-            raise CommandStateConflict(outcome or "?", "cancel")
+            raise CommandStateConflict((outcome or "").removeprefix("was:"), "cancel")
         log.info("command %s cancelled for imei=%s", command_id, imei)
         await self._announce(imei, command_id, "cancelled")
         return await self.get(imei, command_id)

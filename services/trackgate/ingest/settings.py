@@ -74,6 +74,15 @@ class IngestSettings(CommonSettings):
         description="'numlocal,numreplicas,timeout_ms': WAITAOF before ACKing.",
     )  # fmt: skip
     write_batch: int = Field(256, ge=1, le=10_000, description="Packets per Redis write")
+    command_codec14: bool = Field(
+        False, description="Send queued commands as Codec 14 (IMEI-checked)."
+    )
+    command_response_timeout_s: float = Field(
+        30.0, gt=0, description="Wait this long for a device's command answer."
+    )
+    command_retry_delay_s: float = Field(
+        10.0, ge=0, description="Pause before a command's next attempt."
+    )
     otlp_endpoint: str = Field("", description="OTLP/HTTP traces endpoint; empty = off")
     trace_ratio: float = Field(0.01, ge=0, le=1)
 

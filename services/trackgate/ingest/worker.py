@@ -36,6 +36,7 @@ from trackgate.core.store import (
     StoreError,
     WriteResult,
 )
+from trackgate.ingest.commands import CommandCourier
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.session import TcpSession
 from trackgate.diagnostics.errors import KernelInterfaceError
@@ -91,6 +92,11 @@ class Worker:
         self.writer = BatchWriter(
             self.store, self.telemetry, max_batch=settings.write_batch,
             timeout=settings.store_timeout_s,
+        )  # fmt: skip
+        self.courier = CommandCourier(
+            self.redis, self.keys, codec14=settings.command_codec14,
+            response_timeout=settings.command_response_timeout_s,
+            retry_delay=settings.command_retry_delay_s, pod=settings.pod_name,
         )  # fmt: skip
         self.connections: set[TcpSession] = set()
         self.sessions: dict[str, TcpSession] = {}
@@ -157,6 +163,7 @@ class Worker:
         for session in list(self.connections):
             session.close("shutdown")
         await self.writer.close()
+        await self.courier.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -209,6 +216,7 @@ class Worker:
         )  # fmt: skip
         if self.sessions.get(session.imei) is session:
             del self.sessions[session.imei]
+        self.courier.session_ended(session)
         if not session.replaced:
             self._spawn(self._mark_closed(session.imei, session.session_id), "closed")
 
@@ -224,6 +232,7 @@ class Worker:
         self.sessions[session.imei] = session
         log.info("session started imei=%s peer=%s", session.imei, session.peer)
         self._spawn(self._announce(session), "announce")
+        self._spawn(self.courier.session_started(session), "commands")
 
     def packet_acked(
         self, session: TcpSession, result: WriteResult, ack_seconds: float
@@ -235,6 +244,7 @@ class Worker:
             t.records.add(result.stored, attrs)
         if result.duplicates:
             t.duplicates.add(result.duplicates, attrs)
+        self._spawn(self.courier.packet_acked(session), "commands")
 
     def record_lags(self, packet: PacketWrite) -> None:
         now_ms = packet.received_at
@@ -244,11 +254,12 @@ class Worker:
             self.telemetry.bursts.add(1)
 
     def gprs_message(self, session: TcpSession, message: GprsMessage) -> None:
-        log.info(
+        log.debug(
             "device message imei=%s peer=%s codec=%d type=%d bytes=%d",
             session.imei, session.peer, message.codec, message.type,
             len(message.payload),
         )  # fmt: skip
+        self._spawn(self.courier.response_received(session, message), "commands")
 
     def refused(self, session: TcpSession, kind: str, detail: str) -> None:
         self.telemetry.packets_refused.add(1, {tm.ATTR_REASON: kind})
@@ -375,9 +386,15 @@ class Worker:
             event = json.loads(data)
         except (TypeError, ValueError):
             return
-        if event.get("type") != "session":
+        kind = event.get("type")
+        imei = str(event.get("imei"))
+        if kind == "command":
+            if imei in self.sessions:
+                self._spawn(self.courier.wake(imei), "commands")
             return
-        session = self.sessions.get(str(event.get("imei")))
+        if kind != "session":
+            return
+        session = self.sessions.get(imei)
         if session is not None and session.session_id != event.get("session_id"):
             del self.sessions[session.imei]  # type: ignore[arg-type]
             self._replace(session, "device connected to another instance")

@@ -25,9 +25,11 @@ HEALTHY_LIMITS: dict[str, int | None] = {
 
 
 def _listener(queue: int, limit: int | None, address: str = "0.0.0.0") -> Listener:
-    family = "ipv6" if ":" in address else "ipv4"
-    source = "proc" if limit is None else "netlink"
-    return Listener(family, address, PORT, queue, limit, 1234, source)
+    if ":" in address:
+        return Listener("ipv6", address, PORT, queue, limit, 1234, "netlink")
+    if limit is None:
+        return Listener("ipv4", address, PORT, queue, limit, 1234, "proc")
+    return Listener("ipv4", address, PORT, queue, limit, 1234, "netlink")
 
 
 def _conntrack(count: int = 10, **counters: int) -> ConntrackStats:

@@ -31,6 +31,7 @@ print(json.dumps({n: [before[n], after[n]] for n in names}))
 """
 
 
+@pytest.mark.netns
 def test_overflowing_a_listener_counts_in_its_own_namespace_only(netns: str) -> None:
     counts = run_python(netns, _OVERFLOW_SCRIPT)
 
@@ -143,6 +144,7 @@ def test_conntrack_absent_reads_as_none(tmp_path: Path) -> None:
     assert kernel.read_conntrack_stats(tmp_path) is None
 
 
+@pytest.mark.netns
 def test_limits_are_those_of_the_namespace(netns: str) -> None:
     sysctl(netns, "net.core.somaxconn", 256)
     sysctl(netns, "net.ipv4.tcp_abort_on_overflow", 1)

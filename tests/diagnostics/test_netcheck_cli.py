@@ -14,7 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 PORT = 5027
+
+pytestmark = pytest.mark.netns
 
 _LISTENER = """
 import socket, sys, time

@@ -47,12 +47,12 @@ def result(session: Session) -> dict[str, Any]:
 
 def _address(result: dict[str, Any], address: str) -> dict[str, Any]:
     (row,) = [row for row in result["addresses"] if row["address"] == address]
-    return row
+    return dict(row)
 
 
 def _device(result: dict[str, Any], imei: str) -> dict[str, Any]:
     (row,) = [row for row in result["devices"] if row["imei"] == imei]
-    return row
+    return dict(row)
 
 
 def _packets(path: Path) -> list[tuple[float, bytes]]:

@@ -52,22 +52,28 @@ def build_registry(control: Control) -> kopf.OperatorRegistry:
         )
         settings.posting.level = logging.WARNING
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, field="spec", registry=registry)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     def reconcile(body: kopf.Body, name: str, patch: kopf.Patch, **_: Any) -> None:
         problems = _cluster(control.reconcile_all)
         update = _cluster(lambda: control.status_of(body, problems.get(name)))
         patch.status.update(update.status)
 
-    @kopf.timer(*resource, interval=interval, initial_delay=interval, registry=registry)
+    @kopf.timer(
+        *resource,
+        id="report",
+        interval=interval,
+        initial_delay=interval,
+        registry=registry,
+    )
     def report(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         update = _cluster(lambda: control.status_of(body))
         patch.status.update(update.status)
         for advice in update.new_advice:
             kopf.warn(body, reason=advice.reason, message=advice.message)
 
-    @kopf.on.delete(*resource, registry=registry)
+    @kopf.on.delete(*resource, id="release", registry=registry)
     def release(body: kopf.Body, name: str, **_: Any) -> None:
         waited = _seconds_since(body["metadata"].get("deletionTimestamp"))
         if not _cluster(lambda: control.release_done(name)):

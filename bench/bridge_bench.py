@@ -55,15 +55,18 @@ def target(kind: str) -> Iterator[tuple[str, dict[str, str]]]:
             )
 
 
-def fill(url: str, keys: Keys, count: int, devices: int) -> float:
-    """Write ``count`` entries over ``devices`` IMEIs; returns seconds taken."""
+def fill(url: str, keys: Keys, count: int, devices: int, per_packet: int) -> float:
+    """Write ``count`` entries in packets of ``per_packet`` records, the packets
+    spread over ``devices`` IMEIs; returns the seconds taken."""
     client = sync_client(url)
     started = time.perf_counter()
     for first in range(0, count, FILL_CHUNK):
         pipe = client.pipeline(transaction=False)
         for n in range(first, min(first + FILL_CHUNK, count)):
-            imei = str(356307042441013 + n % devices)
-            pipe.xadd(keys.records_for(imei), entry_fields(record(imei, n)))
+            packet = n // per_packet
+            imei = str(356307042441013 + packet % devices)
+            rec = record(imei, n, received_at=1764780000000 + packet)
+            pipe.xadd(keys.records_for(imei), entry_fields(rec))
         pipe.execute()
     elapsed = time.perf_counter() - started
     client.close()
@@ -102,7 +105,7 @@ def bench(kind: str, args: argparse.Namespace) -> dict[str, float]:
             bridge_batch=args.batch, laravel_job="App\\Jobs\\IngestRecord@handle",
             bridge_consumer="bench", bridge_metrics_port=0,
         )  # fmt: skip
-        fill_s = fill(url, settings.keys(), args.records, args.devices)
+        fill_s = fill(url, settings.keys(), args.records, args.devices, args.per_packet)
 
         bridge = build_bridge(settings, stop_when_empty=True)
         started = time.perf_counter()
@@ -134,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--per-packet", type=int, default=5, help="records a packet")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--mode", choices=["record", "packet"], default="record")
@@ -143,7 +147,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    print(f"records={args.records} devices={args.devices} shards={args.shards} "
+    print(f"records={args.records} devices={args.devices} per_packet="
+          f"{args.per_packet} shards={args.shards} "
           f"batch={args.batch} mode={args.mode} cpus={os.cpu_count()} "
           f"python={sys.version.split()[0]}")  # fmt: skip
     header = f"{'target':8} {'fill rec/s':>11} {'bridge rec/s':>13} {'jobs/s':>9}"

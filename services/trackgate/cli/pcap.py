@@ -87,8 +87,8 @@ def _summary(totals: dict[str, Any]) -> list[str]:
     lag = totals["lag_seconds"]
     if lag:
         lines.append(
-            f"record lag (capture time - device time): min {lag['min']} s, "
-            f"median {lag['median']} s, max {lag['max']} s"
+            f"record lag (capture time - device time): min {_duration(lag['min'])}, "
+            f"median {_duration(lag['median'])}, max {_duration(lag['max'])}"
         )
     return lines
 
@@ -96,25 +96,25 @@ def _summary(totals: dict[str, Any]) -> list[str]:
 def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
     from rich.table import Table
 
-    table = Table(title="Per client address", title_justify="left")
-    columns = (
-        "address",
+    table = Table(
+        title="Per client address (rtx = SYN retransmits, SYN-ACK ms = median/max)",
+        title_justify="left",
+    )
+    table.add_column("address", no_wrap=True)
+    for column in (
         "SYNs",
-        "SYN rtx",
-        "unanswered",
+        "rtx",
+        "no answer",
         "SYN-ACK ms",
         "conns",
-        "packets",
-        "records",
+        "pkts",
+        "recs",
         "ACKs",
-        "ACK missing",
+        "no ACK",
         "UDP",
-        "IMEIs",
-    )
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column in {"address", "IMEIs"} else "right"
-        )
+    ):
+        table.add_column(column, justify="right")
+    table.add_column("IMEIs", no_wrap=True)
     for row in rows:
         syn_ack = row["syn_ack_ms"]
         table.add_row(
@@ -122,14 +122,14 @@ def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
             str(row["syns"]),
             str(row["syn_retransmits"]),
             _alarm(row["syns_unanswered"]),
-            "-" if syn_ack is None else f"{syn_ack['median']} ({syn_ack['max']} max)",
+            "-" if syn_ack is None else f"{syn_ack['median']}/{syn_ack['max']}",
             str(row["connections"]),
             str(row["packets"]),
             str(row["records"]),
             str(row["server_acks"]),
             _alarm(row["acks_missing"]),
             str(row["udp_datagrams"]),
-            ", ".join(row["imeis"]) or "-",
+            " ".join(row["imeis"]) or "-",
         )
     console.print(table)
 
@@ -137,22 +137,29 @@ def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
 def _render_devices(rows: list[dict[str, Any]], console: Console) -> None:
     from rich.table import Table
 
-    table = Table(title="Per device", title_justify="left")
+    table = Table(
+        title="Per device (lag = capture time - device time)", title_justify="left"
+    )
+    table.add_column("IMEI", no_wrap=True)
     for column in (
-        "IMEI",
         "conns",
         "UDP",
-        "packets",
-        "records",
-        "sent again",
-        "ACK missing",
-        "lag min s",
-        "lag median s",
-        "lag max s",
+        "pkts",
+        "recs",
+        "resent",
+        "no ACK",
+        "lag min",
+        "lag median",
+        "lag max",
     ):
-        table.add_column(column, justify="left" if column == "IMEI" else "right")
+        table.add_column(column, justify="right")
     for row in rows:
-        lag = row["lag_seconds"] or {}
+        lag = row["lag_seconds"]
+        spread = (
+            ["-"] * 3
+            if lag is None
+            else [_duration(lag[key]) for key in ("min", "median", "max")]
+        )
         table.add_row(
             row["imei"],
             str(row["connections"]),
@@ -161,12 +168,21 @@ def _render_devices(rows: list[dict[str, Any]], console: Console) -> None:
             str(row["records"]),
             str(row["resent_packets"]),
             _alarm(row["acks_missing"]),
-            str(lag.get("min", "-")),
-            str(lag.get("median", "-")),
-            str(lag.get("max", "-")),
+            *spread,
         )
     console.print(table)
 
 
 def _alarm(value: int) -> str:
     return f"[bold red]{value}[/]" if value else "0"
+
+
+_UNITS = ((365 * 86400, "y"), (86400, "d"), (3600, "h"), (60, "min"))
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a person reads them: 4.999 s, 12.5 min, 7.5 y."""
+    for size, unit in _UNITS:
+        if abs(seconds) >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.3f} s"

@@ -11,6 +11,7 @@ from trackgate.operator.profile import parse_profile
 
 
 def _body(spec: dict[str, Any], name: str = "gateways") -> dict[str, Any]:
+    spec = {"nodeSelector": {"matchLabels": {}}} | spec
     return {"metadata": {"name": name, "generation": 3}, "spec": spec}
 
 
@@ -67,7 +68,11 @@ def _body(spec: dict[str, Any], name: str = "gateways") -> dict[str, Any]:
         ),
         (
             {"podSysctls": {"sysctls": {catalog.SOMAXCONN: 8192}}},
-            "podSelector is required",
+            "podSysctls.podSelector must be {matchLabels",
+        ),
+        (
+            {"nodeSelector": {"pool": "gw"}, "nodeSysctls": {catalog.SOMAXCONN: 8192}},
+            "nodeSelector must be {matchLabels",
         ),
         (
             {"nodeSelector": {"matchLabels": {"pool": "a b"}}, "nodeSysctls": {}},

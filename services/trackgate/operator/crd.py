@@ -110,9 +110,12 @@ def _root_schema() -> dict[str, Any]:
 
 
 def _selector(description: str) -> dict[str, Any]:
+    # matchLabels is required so that a bare label map (pruned by the API
+    # server as unknown fields) is refused instead of selecting everything.
     return {
         "type": "object",
         "description": description,
+        "required": ["matchLabels"],
         "properties": {
             "matchLabels": {
                 "type": "object",
@@ -126,6 +129,7 @@ def _selector(description: str) -> dict[str, Any]:
 def _spec_schema() -> dict[str, Any]:
     return {
         "type": "object",
+        "required": ["nodeSelector"],
         "x-kubernetes-validations": [
             {
                 "rule": "has(self.nodeSysctls) || has(self.podSysctls)",
@@ -135,7 +139,7 @@ def _spec_schema() -> dict[str, Any]:
         "properties": {
             "nodeSelector": _selector(
                 "Nodes this profile applies to (a node pool is a label). "
-                "Empty: every node."
+                "matchLabels: {} selects every node."
             ),
             "priority": {
                 "type": "integer",

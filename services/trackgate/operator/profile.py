@@ -108,10 +108,10 @@ def parse_profile(body: Mapping[str, Any]) -> Profile:
 
 
 def _selector(raw: object, where: str, problems: list[str]) -> dict[str, str]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        problems.append(f"{where} must be an object with matchLabels")
+    if not isinstance(raw, Mapping) or "matchLabels" not in raw:
+        # A bare label map would be pruned by the API server to "select
+        # everything"; refuse it rather than guess.
+        problems.append(f"{where} must be {{matchLabels: {{...}}}}")
         return {}
     labels = raw.get("matchLabels") or {}
     if not isinstance(labels, Mapping):
@@ -164,8 +164,6 @@ def _pod_sysctls(raw: object, problems: list[str]) -> PodSysctls | None:
         problems.append(f"{where} must be an object")
         return None
     selector = _selector(raw.get("podSelector"), f"{where}.podSelector", problems)
-    if "podSelector" not in raw:
-        problems.append(f"{where}.podSelector is required")
 
     namespaces = raw.get("namespaces") or []
     if not isinstance(namespaces, list) or not all(

@@ -194,10 +194,11 @@ def _handshake_retransmits(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "syn_retransmits",
             Severity.INFO,
-            f"{retransmits} SYN or SYN-ACK retransmissions in {ctx.span}: "
-            "handshakes had to be repeated",
-            "if accept_queue_overflow is also reported, these are final ACKs "
-            "the full queue ignored; otherwise suspect loss on the path",
+            f"this namespace retransmitted {retransmits} SYNs or SYN-ACKs in "
+            f"{ctx.span}: handshakes it started or answered had to be repeated",
+            "SYN-ACKs are sent again when a full accept queue ignored the final "
+            "ACK (see accept_queue_overflow) or the path lost it; devices' own "
+            "SYN retries show only in a capture (trackgate pcap)",
         )
 
 

@@ -7,8 +7,9 @@ already in memory: waiting for more data is the connection's job.
 
 The record path runs for every record the gateway stores, on one core, so it
 is written for speed: one precompiled ``struct.Struct`` per record header, one
-per IO group size (cached), ``unpack_from`` on a memoryview, and IO pairs
-turned into a dict by C-level ``zip``/``map`` rather than a Python loop.
+per IO group size (cached), ``unpack_from`` on a memoryview, IO keys from a
+precomputed table, and no Python loop per byte: the only loops run per record
+and per IO element.
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def read_avl_data(data: memoryview, base: int, frame_size: int) -> AvlPacket:
     body = data[2:-1]
     try:
         records, end = _read_records(body, count, layout)
-    except (struct.error, IndexError, ValueError):
+    except (struct.error, IndexError):
         raise MalformedFrame(
             f"codec 0x{codec:02x}: {count} records do not fit in {len(body)} bytes",
             offset=base + 2,

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Items per list call: a page keeps memory flat on clusters with many pods.
-_PAGE = 500
-
 
 @dataclass(frozen=True)
 class PodInfo:
@@ -101,9 +98,7 @@ class ClusterAPI:
 
     def node_labels(self) -> dict[str, dict[str, str]]:
         """Every node's labels by node name."""
-        nodes = self._plain(
-            self._call("list nodes", lambda: self._core.list_node(limit=_PAGE))
-        )
+        nodes = self._plain(self._call("list nodes", lambda: self._core.list_node()))
         return {
             n["metadata"]["name"]: dict(n["metadata"].get("labels") or {})
             for n in nodes.get("items", [])

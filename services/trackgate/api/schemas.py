@@ -7,9 +7,9 @@ milliseconds since the epoch, as everywhere in trackgate.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from trackgate.core.commands import (
     COMMAND_MAX_BYTES,
@@ -163,42 +163,57 @@ class RecordsPublic(BaseModel):
 # Commands --------------------------------------------------------------------
 
 
-class CommandCreate(BaseModel):
-    """A command to queue: ``text`` (printable ASCII) or ``payload_hex``."""
-
+class _CommandOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(
-        None,
-        min_length=1,
-        max_length=COMMAND_MAX_BYTES,
-        pattern=PRINTABLE_ASCII,
-        description="Command text without the SMS login prefix, e.g. getinfo.",
-        examples=["getinfo"],
-    )
-    payload_hex: str | None = Field(
-        None,
-        min_length=2,
-        max_length=2 * COMMAND_MAX_BYTES,
-        pattern=r"^(?:[0-9a-fA-F]{2})+$",
-        description="Binary payload as hex (e.g. a Modbus frame).",
-    )
     codec: Literal[12, 14] | None = Field(
-        None, description="12, or 14 to address the device by IMEI."
+        default=None, description="12, or 14 to address the device by IMEI."
     )
     expires_in_s: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=MAX_EXPIRY_S,
         description="Give up if not sent within this many seconds.",
     )
-    max_attempts: int | None = Field(None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
 
-    @model_validator(mode="after")
-    def _one_payload(self) -> CommandCreate:
-        if (self.text is None) == (self.payload_hex is None):
-            raise ValueError("give exactly one of text and payload_hex")
-        return self
+
+class TextCommandCreate(_CommandOptions):
+    """A text command, as typed in an SMS but without login and password."""
+
+    text: str = Field(
+        min_length=1,
+        max_length=COMMAND_MAX_BYTES,
+        pattern=PRINTABLE_ASCII,
+        description="Printable ASCII, e.g. getinfo.",
+        examples=["getinfo"],
+    )
+
+
+class BinaryCommandCreate(_CommandOptions):
+    """A binary payload (a Modbus frame, serial pass-through data)."""
+
+    payload_hex: str = Field(
+        min_length=2,
+        max_length=2 * COMMAND_MAX_BYTES,
+        pattern=r"^(?:[0-9a-fA-F]{2})+$",
+        description="The payload bytes as hex.",
+        examples=["010300010015D5C5"],
+    )
+
+
+def _command_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "binary" if "payload_hex" in value and "text" not in value else "text"
+    return "binary" if isinstance(value, BinaryCommandCreate) else "text"
+
+
+#: A command to queue: exactly one of ``text`` and ``payload_hex``.
+CommandCreate = Annotated[
+    Annotated[TextCommandCreate, Tag("text")]
+    | Annotated[BinaryCommandCreate, Tag("binary")],
+    Discriminator(_command_kind),
+]
 
 
 class HistoryEntryPublic(BaseModel):

@@ -27,9 +27,10 @@ from trackgate.api.schemas import (
     CommandPublic,
     CommandsPublic,
     ErrorBody,
+    TextCommandCreate,
 )
 from trackgate.core.commands import NewCommand, RateLimit, now_ms
-from trackgate.core.paging import ScoreCursor
+from trackgate.core.paging import CURSOR_PATTERN, ScoreCursor
 
 router = APIRouter(
     prefix=f"{V1}/devices/{{imei}}/commands", tags=["commands"],
@@ -74,10 +75,15 @@ async def queue_command(
     expires_at = None
     if body.expires_in_s is not None:
         expires_at = now_ms() + body.expires_in_s * 1000
+    text, payload = None, None
+    if isinstance(body, TextCommandCreate):
+        text = body.text
+    else:
+        payload = bytes.fromhex(body.payload_hex)
     new = NewCommand(
         imei=imei,
-        text=body.text,
-        payload=bytes.fromhex(body.payload_hex) if body.payload_hex else None,
+        text=text,
+        payload=payload,
         codec=body.codec or settings.api_command_codec,
         expires_at=expires_at,
         max_attempts=body.max_attempts or settings.api_command_max_attempts,
@@ -102,7 +108,9 @@ async def list_commands(
     _: ReadScope,
     store: CommandsDep,
     imei: Imei,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of a page.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
 ) -> CommandsPublic:
     """The device's commands, newest first."""

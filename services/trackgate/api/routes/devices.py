@@ -18,7 +18,7 @@ from trackgate.api.schemas import (
     RecordsPublic,
 )
 from trackgate.core.devices import device_page, device_records, device_status
-from trackgate.core.paging import ScoreCursor
+from trackgate.core.paging import CURSOR_PATTERN, ScoreCursor
 
 router = APIRouter(prefix=f"{V1}/devices", tags=["devices"], responses=COMMON_ERRORS)
 
@@ -39,7 +39,7 @@ async def list_devices(
     redis: RedisDep,
     keys: KeysDep,
     cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of a page.")
+        str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of a page.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
     connected: Annotated[

@@ -13,7 +13,12 @@ import pytest
 
 from tests.bridge.streams import IMEI, U64_MAX, entry_fields, record, write_records
 from tests.support.servers import RedisServer, free_port
-from trackgate.bridge import BridgeSettings, BridgeStats, build_bridge
+from trackgate.bridge import (
+    BridgeConfigError,
+    BridgeSettings,
+    BridgeStats,
+    build_bridge,
+)
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import is_cluster_url, sync_client
 
@@ -383,3 +388,34 @@ async def test_stale_entries_beyond_one_claim_scan_are_claimed(redis_url: str) -
 
     assert stats.claimed == 5
     assert [j["data"]["entry_id"] for j in queued(redis_url)] == ids[25:]
+
+
+async def test_deleted_group_is_created_again(redis_url: str) -> None:
+    settings = bridge_settings(redis_url, stream_shards=1, bridge_block_ms=200)
+    stream = settings.keys().records(0)
+    bridge = build_bridge(settings)
+    task = asyncio.create_task(bridge.run())
+    client = sync_client(redis_url)
+    try:
+        await until(lambda: bool(client.exists(stream)))
+        client.xgroup_destroy(stream, settings.bridge_group)
+        write(redis_url, [record(IMEI, n) for n in range(3)], shards=1)
+        await until(lambda: bridge.stats.acked == 3)
+    finally:
+        bridge.stop()
+        await asyncio.wait_for(task, 10)
+        await bridge.aclose()
+    assert client.llen(queue_name(redis_url)) == 3
+    client.close()
+
+
+async def test_records_key_of_another_type_stops_the_bridge(redis_url: str) -> None:
+    settings = bridge_settings(redis_url, stream_shards=1)
+    client = sync_client(redis_url)
+    client.set(settings.keys().records(0), "not a stream")
+    client.close()
+    bridge = build_bridge(settings)
+
+    with pytest.raises(BridgeConfigError, match="is not a stream"):
+        await asyncio.wait_for(bridge.run(), 10)
+    await bridge.aclose()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from trackgate.bridge.errors import EntryError, LaravelQueueError
+from trackgate.bridge.errors import BridgeConfigError, EntryError, LaravelQueueError
 from trackgate.bridge.laravel import JobFactory, LaravelQueue, queue_key
 from trackgate.bridge.records import Record, group_by_packet, record_from_entry
 from trackgate.bridge.settings import BridgeSettings
@@ -192,25 +192,35 @@ class Bridge:
     async def _retrying(
         self, step: Callable[[int], Awaitable[T]], shard: int
     ) -> T | None:
-        """Run ``step(shard)`` until it gets through Redis errors, or stop."""
+        """Run ``step(shard)`` until it gets through Redis errors, or stop.
+
+        A vanished group is created again; a records key that is not a stream
+        is a setup error and ends the bridge.
+        """
         delay = RETRY_FIRST
+        regroup = False
         while True:
             try:
+                if regroup:
+                    await self._ensure_group(shard)
+                    regroup = False
                 return await step(shard)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("group %s vanished on shard %d: creating it", self.group,
-                            shard)  # fmt: skip
-                await self._ensure_group(shard)
+                if "WRONGTYPE" in str(exc):
+                    raise BridgeConfigError(
+                        f"{self.keys.records(shard)} is not a stream: {exc}"
+                    ) from exc
+                regroup = "NOGROUP" in str(exc)
+                failure: RedisError = exc
             except RedisError as exc:
-                self.stats.redis_errors += 1
-                log.warning("redis error on shard %d, retry in %.1fs: %s", shard,
-                            delay, exc)  # fmt: skip
-                if self._stop.is_set():
-                    return None
-                await self._pause(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                failure = exc
+            self.stats.redis_errors += 1
+            log.warning("shard %d: redis error, retry in %.1fs: %s", shard, delay,
+                        failure)  # fmt: skip
+            if self._stop.is_set():
+                return None
+            await self._pause(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

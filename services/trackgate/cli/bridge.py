@@ -83,6 +83,9 @@ def laravel(
             loop.add_signal_handler(signum, bridge.stop)
         try:
             stats = await bridge.run()
+        except BridgeConfigError as exc:
+            typer.echo(f"bridge stopped: {exc}", err=True)
+            return 2
         finally:
             await bridge.aclose()
         typer.echo(

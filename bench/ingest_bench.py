@@ -1,0 +1,227 @@
+"""Benchmark the ingest path against a naive baseline, in one run.
+
+    .venv/bin/python bench/ingest_bench.py [--quick] [--json out.json]
+
+Starts its own redis-server, then for trackgate and for the naive baseline
+(bench/naive_server.py) in turn: a throughput run of the simulator (devices x
+packets x records, every ACK checked), and for trackgate also ACK latency at
+half of the measured load, a connection storm, and idle sessions held to
+measure RSS per connection across all worker processes. Prints a table and
+the ratios; absolute figures depend on the machine, the ratios much less.
+The simulator, the gateway and Redis share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
+    out.update(extra)
+    return out
+
+
+def simulate(port: int, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [PYTHON, "-m", "trackgate", "simulate", *args, "--port", str(port)],
+        capture_output=True, text=True, env=env(), check=False,
+    )  # fmt: skip
+    try:
+        return dict(json.loads(out.stdout))
+    except json.JSONDecodeError:
+        raise RuntimeError(f"simulate failed: {out.stderr[-2000:]}") from None
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+class Server:
+    def __init__(self, kind: str, redis_url: str, workers: int) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.admin = free_port()
+        if kind == "naive":
+            cmd = [PYTHON, str(ROOT / "bench" / "naive_server.py"), str(self.port),
+                   redis_url]  # fmt: skip
+        else:
+            cmd = [PYTHON, "-m", "trackgate", "ingest"]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env(
+                TRACKGATE_REDIS_URL=redis_url, TRACKGATE_HOST="127.0.0.1",
+                TRACKGATE_PORT=str(self.port), TRACKGATE_ADMIN_PORT=str(self.admin),
+                TRACKGATE_ADMIN_HOST="127.0.0.1", TRACKGATE_WORKERS=str(workers),
+                TRACKGATE_LOG_LEVEL="WARNING", TRACKGATE_MAX_CONNECTIONS="100000",
+                TRACKGATE_MAX_CONNECTIONS_PER_IP="100000",
+            ),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_port(self.port)
+        time.sleep(1.0)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller loads")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    opts = parser.parse_args()
+    q = opts.quick
+    devices, packets, records = (50, 10, 20) if q else (200, 25, 25)
+    storm_n = 2000 if q else 10_000
+    hold_n = 4000 if q else 20_000
+
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
+    workdir = Path(tempfile.mkdtemp(prefix="trackgate-bench-"))
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(redis_port)
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    try:
+        load = ["throughput", "--devices", str(devices), "--packets", str(packets),
+                "--records", str(records), "--codec", "8E"]  # fmt: skip
+        for kind in ("naive", "trackgate"):
+            subprocess.run(["redis-cli", "-p", str(redis_port), "flushall"],
+                           capture_output=True, check=False)  # fmt: skip
+            server = Server(kind, url, opts.workers)
+            try:
+                results[f"{kind}_throughput"] = simulate(server.port, *load)
+            finally:
+                server.stop()
+
+        server = Server("trackgate", url, opts.workers)
+        try:
+            best = results["trackgate_throughput"]["records_per_s"]
+            # Half load: devices pace their packets to reach half the best rate.
+            half_devices = devices
+            interval = half_devices * records / (best / 2)
+            results["trackgate_half_load"] = simulate(
+                server.port, "fleet", "--devices", str(half_devices), "--packets",
+                str(packets), "--records", str(records), "--interval",
+                f"{interval:.4f}", "--codec", "8E",
+            )  # fmt: skip
+            results["trackgate_storm"] = simulate(
+                server.port, "storm", "--connections", str(storm_n),
+                "--first-imei", "500000",
+            )  # fmt: skip
+            time.sleep(2)
+            before = rss_kib(server.pids())
+            hold = subprocess.Popen(
+                [PYTHON, "-m", "trackgate", "simulate", "hold", "--port",
+                 str(server.port), "--sessions", str(hold_n), "--seconds", "20",
+                 "--first-imei", "800000"],
+                stdout=subprocess.PIPE, text=True, env=env(),
+            )  # fmt: skip
+            time.sleep(15)
+            during = rss_kib(server.pids())
+            out, _ = hold.communicate(timeout=120)
+            held = json.loads(out)
+            held["rss_kib_before"] = before
+            held["rss_kib_held"] = during
+            held["rss_bytes_per_session"] = round(
+                (during - before) * 1024 / max(held["held"], 1)
+            )
+            results["trackgate_hold"] = held
+        finally:
+            server.stop()
+
+        server = Server("naive", url, 1)
+        try:
+            results["naive_storm"] = simulate(
+                server.port, "storm", "--connections", str(storm_n)
+            )
+        finally:
+            server.stop()
+    finally:
+        redis.terminate()
+        redis.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report(results)
+    if opts.json:
+        opts.json.write_text(json.dumps(results, indent=2))
+
+
+def report(r: dict[str, Any]) -> None:
+    naive, tg = r["naive_throughput"], r["trackgate_throughput"]
+    ratio = tg["records_per_s"] / max(naive["records_per_s"], 1e-9)
+    rows = [
+        ("acked records/s", naive["records_per_s"], tg["records_per_s"], f"x{ratio:.1f}"),
+        ("records acked / sent", f"{naive['records_acked']}/{naive['records_sent']}",
+         f"{tg['records_acked']}/{tg['records_sent']}", ""),
+        ("ACK p99 ms (full load)", naive["ack_latency_ms"]["p99"],
+         tg["ack_latency_ms"]["p99"], ""),
+        ("ACK p99 ms (half load)", "", r["trackgate_half_load"]["ack_latency_ms"]["p99"],
+         ""),
+        ("storm connects >= 0.9 s", r["naive_storm"]["connects_over_0_9s"],
+         r["trackgate_storm"]["connects_over_0_9s"], ""),
+        ("storm connect p99 ms", r["naive_storm"]["connect_ms"]["p99"],
+         r["trackgate_storm"]["connect_ms"]["p99"], ""),
+        ("idle sessions held", "", r["trackgate_hold"]["held"], ""),
+        ("RSS bytes per idle session", "", r["trackgate_hold"]["rss_bytes_per_session"],
+         ""),
+    ]  # fmt: skip
+    print(f"{'':30} {'naive':>14} {'trackgate':>14} {'ratio':>8}")
+    for name, a, b, c in rows:
+        print(f"{name:30} {a!s:>14} {b!s:>14} {c:>8}")
+    print(json.dumps(r, indent=2))
+
+
+if __name__ == "__main__":
+    main()

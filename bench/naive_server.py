@@ -1,0 +1,54 @@
+"""The baseline: how a typical home-made gateway is written.
+
+A plain asyncio server with the default listen backlog (100), the default
+event loop, one awaited Redis XADD per record, and the ACK after the last
+one. It decodes with trackgate's protocol package, so the comparison
+measures the serving and storing path, not the decoder. Used only by the
+benchmarks in this folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import redis.asyncio as aioredis
+
+from trackgate.protocol import AvlPacket, Imei, TcpServerConnection, tcp_ack
+
+
+async def main(port: int, redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = TcpServerConnection()
+        imei = ""
+        try:
+            while data := await reader.read(65536):
+                conn.receive_data(data)
+                while (event := conn.next_event()) is not None:
+                    if isinstance(event, Imei):
+                        imei = event.imei
+                        writer.write(conn.accept_imei(True))
+                    elif isinstance(event, AvlPacket):
+                        now = int(time.time() * 1000)
+                        for r in event.records:
+                            await client.xadd("naive:records", {
+                                "imei": imei, "timestamp": r.timestamp, "received_at": now,
+                                "latitude": r.latitude, "longitude": r.longitude,
+                                "io": json.dumps(r.io),
+                            })
+                        writer.write(tcp_ack(len(event.records)))
+        except Exception:  # noqa: BLE001 - the baseline just drops the client
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))

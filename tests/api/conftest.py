@@ -2,14 +2,18 @@
 
 The app runs in-process behind httpx's ASGI transport with its lifespan
 entered, so every request goes through routing, auth, validation and the
-real Redis. ``seed_device`` and ``seed_record`` write data the way the
-ingest service does (docs/redis-contract.md), without depending on it.
+real Redis; ``api_server`` also runs ``trackgate api`` as a real uvicorn
+process for the tests that need a socket (schema fuzzing, live streams).
+``seed_device`` and ``seed_record`` write data the way the ingest service
+does (docs/redis-contract.md), without depending on it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import httpx
 import pytest
 import redis
 
+from tests.support.servers import RedisServer, free_port, trackgate_env, wait_for_port
 from trackgate.api.main import create_app
 from trackgate.api.settings import ApiSettings
 from trackgate.core.keys import Keys
@@ -49,6 +54,35 @@ def make_settings(redis_url: str, tokens_file: Path) -> Callable[..., ApiSetting
         return ApiSettings(**values)
 
     return make
+
+
+#: Key prefix of the API served as a subprocess (``api_server``).
+SERVED_PREFIX = "served"
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    tokens = tmp_path_factory.mktemp("api") / "tokens"
+    tokens.write_text(f"read {READ_TOKEN}\ncommands {COMMANDS_TOKEN}\n")
+    port = free_port()
+    env = trackgate_env(
+        TRACKGATE_REDIS_URL=redis_proc.url,
+        TRACKGATE_API_TOKENS_FILE=str(tokens),
+        TRACKGATE_API_HOST="127.0.0.1",
+        TRACKGATE_API_PORT=str(port),
+        TRACKGATE_KEY_PREFIX=SERVED_PREFIX,
+        TRACKGATE_LOG_LEVEL="WARNING",
+    )
+    command = [str(Path(sys.executable).with_name("trackgate")), "api"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 async def client_for(settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
@@ -93,7 +127,7 @@ def seed_device(r: redis.Redis, imei: str, *, seen_at: int, connected: bool = Tr
 
 
 def seed_record(r: redis.Redis, imei: str, *, at: int, seq: int = 0,
-                **fields: Any) -> str:  # fmt: skip
+                keys: Keys = KEYS, **fields: Any) -> str:  # fmt: skip
     """One stream entry as the record store writes it; returns its id."""
     values: dict[str, Any] = {
         "imei": imei, "timestamp": at - 1000, "received_at": at, "priority": 1,
@@ -104,7 +138,7 @@ def seed_record(r: redis.Redis, imei: str, *, at: int, seq: int = 0,
     }  # fmt: skip
     values.update(fields)
     entry_id = f"{at}-{seq}"
-    r.xadd(KEYS.records_for(imei), {k: str(v) for k, v in values.items()}, id=entry_id)
+    r.xadd(keys.records_for(imei), {k: str(v) for k, v in values.items()}, id=entry_id)
     return entry_id
 
 

@@ -12,46 +12,15 @@ sample kernel counters) are left out; their own tests cover them.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.api.conftest import COMMANDS, COMMANDS_TOKEN, READ_TOKEN
-from tests.support.servers import RedisServer, free_port, trackgate_env, wait_for_port
+from tests.api.conftest import COMMANDS
 
 #: Examples per operation: enough to hit every parameter's edges without
 #: making the suite slow on a shared two-core machine.
 EXAMPLES = 40
-
-
-@pytest.fixture(scope="session")
-def api_server(
-    redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    tokens = tmp_path_factory.mktemp("api") / "tokens"
-    tokens.write_text(f"read {READ_TOKEN}\ncommands {COMMANDS_TOKEN}\n")
-    port = free_port()
-    env = trackgate_env(
-        TRACKGATE_REDIS_URL=redis_proc.url,
-        TRACKGATE_API_TOKENS_FILE=str(tokens),
-        TRACKGATE_API_HOST="127.0.0.1",
-        TRACKGATE_API_PORT=str(port),
-        TRACKGATE_KEY_PREFIX="schemathesis",
-        TRACKGATE_LOG_LEVEL="WARNING",
-    )
-    command = [str(Path(sys.executable).with_name("trackgate")), "api"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

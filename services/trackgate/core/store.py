@@ -296,3 +296,85 @@ class SessionStore:
 
     async def publish(self, message: dict[str, Any]) -> None:
         await self.client.publish(self.keys.events(), json.dumps(message))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHealth:
+    """One consumer group of one records stream, seen against retention."""
+
+    stream: str
+    group: str
+    lag: int | None
+    pending: int
+    last_delivered_ms: int
+    #: how far the oldest entry the group has not read is from being trimmed:
+    #: seconds with age retention, entries with length retention; negative
+    #: means unread entries were already trimmed; None when it cannot tell
+    headroom: float | None
+    #: headroom below a tenth of the retention: warn now
+    at_risk: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHealth:
+    stream: str
+    length: int
+    oldest_ms: int | None
+    groups: tuple[GroupHealth, ...]
+
+
+async def stream_health(
+    client: AsyncClient, keys: Keys, retention: Retention, now_ms: int | None = None
+) -> list[StreamHealth]:
+    """Length, consumer-group lag and trimming risk of every records stream.
+
+    Trimming ignores consumer groups, so this is how an operator learns that
+    a consumer is about to lose entries it never read. Age retention is
+    exact; length retention is estimated from the group's lag.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    report = []
+    for stream in keys.all_records():
+        length = int(await client.xlen(stream))
+        first = await client.xrange(stream, count=1) if length else []
+        oldest = _id_ms(first[0][0]) if first else None
+        groups = []
+        if length:
+            for info in await client.xinfo_groups(stream):
+                groups.append(_group_health(stream, info, length, now, retention))
+        report.append(StreamHealth(stream, length, oldest, tuple(groups)))
+    return report
+
+
+def _id_ms(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def _group_health(
+    stream: str, info: dict[Any, Any], length: int, now: int, retention: Retention
+) -> GroupHealth:
+    def field(name: str) -> Any:
+        return info.get(name, info.get(name.encode()))
+
+    name = field("name")
+    lag = field("lag")
+    delivered = _id_ms(field("last-delivered-id") or "0-0")
+    headroom: float | None = None
+    at_risk = False
+    if retention.strategy == "age" and lag:
+        # The next unread entry is newer than the last delivered one.
+        headroom = (delivered + retention.max_age_s * 1000 - now) / 1000
+        at_risk = headroom < retention.max_age_s / 10
+    elif retention.strategy == "length" and lag is not None:
+        headroom = float(retention.max_length - int(lag))
+        at_risk = headroom < retention.max_length / 10
+    return GroupHealth(
+        stream=stream,
+        group=name.decode() if isinstance(name, bytes) else str(name),
+        lag=None if lag is None else int(lag),
+        pending=int(field("pending") or 0),
+        last_delivered_ms=delivered,
+        headroom=headroom,
+        at_risk=at_risk,
+    )

@@ -34,8 +34,11 @@ from trackgate.core.store import (
     Retention,
     SessionStore,
     StoreError,
+    StreamHealth,
     WriteResult,
+    stream_health,
 )
+from trackgate.core.telemetry import Gauge
 from trackgate.ingest.commands import CommandCourier
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.session import TcpSession
@@ -55,6 +58,8 @@ log = logging.getLogger("trackgate.ingest")
 #: How often timeouts, somaxconn and the parent process are checked.
 SWEEP_INTERVAL_S = 1.0
 LOOP_LAG_INTERVAL_S = 0.25
+#: How often worker 0 reads stream lengths and consumer-group lag.
+STREAM_WATCH_INTERVAL_S = 30.0
 
 
 class Worker:
@@ -108,6 +113,7 @@ class Worker:
         self.limiter = LogLimiter()
         self.stopping = False
         self.listening = False
+        self.stream_report: list[StreamHealth] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._parent = os.getppid()
         self._register_gauges()
@@ -140,6 +146,8 @@ class Worker:
         self._spawn(self._bus(), "bus")
         self._spawn(self._loop_lag(), "loop-lag")
         self._spawn(self._warm_up(), "warm-up")
+        if self.index == 0:
+            self._spawn(self._watch_streams(), "streams")
         log.info(
             "worker listening worker=%s port=%d backlog=%d udp=%s",
             self.name, self.settings.port, self.backlog, self.settings.udp,
@@ -399,6 +407,30 @@ class Worker:
             del self.sessions[session.imei]  # type: ignore[arg-type]
             self._replace(session, "device connected to another instance")
 
+    async def _watch_streams(self) -> None:
+        """Consumer-group lag against retention: warn before unread entries go."""
+        while True:
+            try:
+                self.stream_report = await stream_health(
+                    self.redis, self.keys, self.store.retention
+                )
+            except Exception as exc:  # noqa: BLE001 - a metric, retried next round
+                log.debug("stream health not read: %s", exc)
+            for stream in self.stream_report:
+                for group in stream.groups:
+                    if not group.at_risk:
+                        continue
+                    allowed, _ = self.limiter.allow(f"trim:{stream.stream}:{group.group}")
+                    if allowed:
+                        log.warning(
+                            "retention will trim entries consumer group %s has not "
+                            "read: stream=%s lag=%s headroom=%s (%s retention); "
+                            "speed up the consumer or raise TRACKGATE_RETENTION_*",
+                            group.group, stream.stream, group.lag, group.headroom,
+                            self.store.retention.strategy,
+                        )  # fmt: skip
+            await asyncio.sleep(STREAM_WATCH_INTERVAL_S)
+
     async def _loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -436,6 +468,37 @@ class Worker:
             # Kernel counters belong to the network namespace, not a worker:
             # one worker exports them, so dashboards do not count them twice.
             self._register_kernel_metrics()
+            self._register_stream_metrics()
+
+    def _register_stream_metrics(self) -> None:
+        t = self.telemetry
+
+        def rows(value: Callable[[Any, Any], float | None]) -> Gauge:
+            def read() -> list[tuple[float, dict[str, str]]]:
+                out = []
+                for stream in self.stream_report:
+                    for group in stream.groups:
+                        v = value(stream, group)
+                        if v is not None:
+                            out.append((v, {"stream": stream.stream, "group": group.group}))
+                return out
+
+            return read
+
+        t.gauge(
+            "trackgate.stream.length", "Entries in each records stream",
+            lambda: [(float(s.length), {"stream": s.stream}) for s in self.stream_report],
+        )  # fmt: skip
+        t.gauge("trackgate.consumer_group.lag", "Entries a group has not read yet",
+                rows(lambda _s, g: None if g.lag is None else float(g.lag)))  # fmt: skip
+        t.gauge("trackgate.consumer_group.pending", "Entries read but not acknowledged",
+                rows(lambda _s, g: float(g.pending)))  # fmt: skip
+        t.gauge(
+            "trackgate.consumer_group.trim_headroom",
+            "Seconds (age retention) or entries (length retention) before unread "
+            "entries are trimmed",
+            rows(lambda _s, g: g.headroom),
+        )
 
     def _register_kernel_metrics(self) -> None:
         t = self.telemetry

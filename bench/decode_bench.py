@@ -130,7 +130,7 @@ def workloads() -> list[tuple[str, list[bytes]]]:
     ]  # fmt: skip
     synthetic = synthetic_codec8()
     return [
-        ("codec 8, 25 records x 8 IO (synthetic FMB)", [synthetic]),
+        ("codec 8, 25 records x 7 IO (synthetic, 1240 B)", [synthetic]),
         (
             "codec 8, 14 records x 22 IO (real, 1261 B)",
             [bytes.fromhex(vectors["karticr-codec8-tcp-split-1024"]["hex"])],

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -181,6 +182,7 @@ class PhaseResult:
     accepts_per_second: float
     devices: int
     connected: int
+    replied: int
     slow_connects: int
     slow_replies: int
     connect_median_s: float | None
@@ -269,6 +271,7 @@ def run_phase(
         accepts_per_second=accepts_per_second,
         devices=devices,
         connected=len(connects),
+        replied=len(replies),
         slow_connects=sum(1 for c in connects if c >= SLOW_SECONDS),
         slow_replies=sum(1 for r in replies if r >= SLOW_SECONDS),
         connect_median_s=round(statistics.median(connects), 3) if connects else None,
@@ -289,7 +292,10 @@ def print_table(results: list[PhaseResult]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="SYN storm through a DNAT hop (gateway namespace counters)")
+    table = Table(
+        title="SYN storm through a DNAT hop (Overflows, Drops: growth of the "
+        "gateway namespace's ListenOverflows, ListenDrops)"
+    )
     columns = (
         "phase",
         "somaxconn",
@@ -297,17 +303,22 @@ def print_table(results: list[PhaseResult]) -> None:
         "accept/s",
         "devices",
         "connected",
-        "connect >= 0.9 s",
-        "reply >= 0.9 s",
-        "connect max s",
+        "replied",
+        "conn>=0.9s",
+        "reply>=0.9s",
+        "conn max s",
         "reply max s",
-        "ListenOverflows",
-        "ListenDrops",
+        "Overflows",
+        "Drops",
     )
     for column in columns:
-        table.add_column(column, justify="left" if column == "phase" else "right")
+        table.add_column(
+            column,
+            justify="left" if column == "phase" else "right",
+            no_wrap=column == "phase",
+        )
     for r in results:
-        rate = "unlimited" if not r.accepts_per_second else f"{r.accepts_per_second:g}"
+        rate = "max" if not r.accepts_per_second else f"{r.accepts_per_second:g}"
         table.add_row(
             r.phase,
             str(r.somaxconn),
@@ -315,6 +326,7 @@ def print_table(results: list[PhaseResult]) -> None:
             rate,
             str(r.devices),
             str(r.connected),
+            str(r.replied),
             str(r.slow_connects),
             str(r.slow_replies),
             str(r.connect_max_s),
@@ -355,6 +367,8 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("synstorm_netns needs root (ip netns, veth, nft)")
+    # A plain kill must still run the cleanup in namespaces()' finally block.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with namespaces() as (devices_ns, gateway):
         results = [

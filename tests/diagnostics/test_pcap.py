@@ -187,6 +187,26 @@ def test_reordered_and_duplicated_segments_decode_the_same(
     assert conn["undecoded_bytes"] == 0
 
 
+def test_segment_missing_from_the_capture_leaves_the_rest_undecoded(
+    session: Session, tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    lost = next(
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and len(tcp.data) == 400
+    )
+    del packets[lost]
+
+    gap = analyse_capture(_write_pcap(tmp_path / "gap.pcap", packets), session.port)
+
+    first = next(c for c in gap["connections"] if c["client"].startswith(DEVICE_A))
+    # Only the packet before the gap decodes; the bytes behind it wait.
+    assert (first["packets"], first["imei"]) == (1, session.imei)
+    assert first["undecoded_bytes"] >= 400
+    assert first["reassembly_gave_up"] is False
+
+
 def test_sequence_numbers_wrapping_past_2_32_decode_the_same(
     session: Session, result: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -171,8 +171,8 @@ class _Reassembler:
     """One direction of a TCP connection, put back in sequence order."""
 
     def __init__(self, first_seq: int) -> None:
-        self._base = first_seq
-        self.delivered = 0
+        self._next_seq = first_seq  # sequence number of the next byte wanted
+        self.delivered = 0  # stream offset of that byte
         self._pending: dict[int, bytes] = {}
         self._pending_bytes = 0
         self.retransmitted_segments = 0
@@ -185,9 +185,12 @@ class _Reassembler:
 
     def add(self, seq: int, payload: bytes) -> bytes:
         """Take one segment; return the bytes that became contiguous."""
-        offset = (seq - self._base) % _SEQ_MODULO
-        if offset >= _SEQ_HALF:
-            offset -= _SEQ_MODULO
+        # Distance from the next wanted byte, in [-2**31, 2**31): sequence
+        # numbers wrap at 2**32, stream offsets do not.
+        distance = (seq - self._next_seq) % _SEQ_MODULO
+        if distance >= _SEQ_HALF:
+            distance -= _SEQ_MODULO
+        offset = self.delivered + distance
         end = offset + len(payload)
         if end <= self.delivered:
             self.retransmitted_segments += 1
@@ -208,6 +211,7 @@ class _Reassembler:
                 fresh = chunk[self.delivered - start :]
                 out += fresh
                 self.delivered += len(fresh)
+        self._next_seq = (self._next_seq + len(out)) % _SEQ_MODULO
         return bytes(out)
 
     def _hold(self, offset: int, payload: bytes) -> None:
@@ -752,6 +756,9 @@ def _flow_row(flow: _Flow) -> dict[str, Any]:
             flow.client_stream.retransmitted_segments if flow.client_stream else 0
         ),
         "undecoded_bytes": _undecoded(flow),
+        "reassembly_gave_up": bool(
+            flow.client_stream and flow.client_stream.overflowed
+        ),
         "protocol_errors": dict(flow.errors),
         "ended": flow.ended,
     }

@@ -261,7 +261,10 @@ def test_given_api_tokens_are_written_as_scope_token_lines(helm: str) -> None:
 
     text = one(docs, "Secret", name)["stringData"][key]
 
-    assert text.splitlines() == ["read dev-read-token", "commands dev-commands-token"]
+    assert text.splitlines() == [
+        "read dev-read-token-0001",
+        "commands dev-commands-token-0001",
+    ]
 
 
 def test_existing_secrets_are_referenced_not_rendered(helm: str) -> None:

@@ -31,7 +31,7 @@ BAD_VALUES = [
     (
         [
             "apiTokens.tokens[0].scope=admin",
-            "apiTokens.tokens[0].token=abcdefghijklmnop",
+            "apiTokens.tokens[0].token=abcdefghijklmnopq",
         ],
         "/apiTokens/tokens/0/scope",
     ),

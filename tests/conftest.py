@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.cluster import RedisClusterProcs, redis_cluster
 from tests.support.servers import RedisServer, redis_server
 
 
@@ -23,3 +24,23 @@ def redis_url(redis_proc: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_proc.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_procs() -> Iterator[RedisClusterProcs]:
+    with redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster_procs: RedisClusterProcs) -> str:
+    """URL of a real, empty 3-master Redis Cluster."""
+    redis_cluster_procs.flushall()
+    return redis_cluster_procs.url
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """A single Redis, then a Redis Cluster: the test runs against both."""
+    name = "redis_url" if request.param == "single" else "cluster_url"
+    return str(request.getfixturevalue(name))

@@ -8,29 +8,41 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
-from tests.support.servers import IngestProcess, RedisServer
+from tests.support.servers import IngestProcess
 from tests.support.vectors import frame, vector
 from trackgate.core.keys import Keys
+from trackgate.core.redisconn import SyncClient, sync_client
 from trackgate.protocol import encode_avl_packet, encode_imei, encode_udp_datagram
 from trackgate.sim import make_records
 
 IMEI = "356307042441013"
-KEYS = Keys()
+KEYS = Keys(shards=4)
+
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test runs against a single Redis and a 3-master Redis Cluster."""
+    if request.param == "single":
+        return str(request.getfixturevalue("redis_proc").url)
+    return str(request.getfixturevalue("redis_cluster_procs").url)
 
 
 @pytest.fixture(scope="module")
-def ingest(redis_proc: RedisServer) -> Iterator[IngestProcess]:
-    server = IngestProcess(redis_proc.url)
+def ingest(backend: str) -> Iterator[IngestProcess]:
+    server = IngestProcess(backend, stream_shards="4")
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def db(redis_url: str, ingest: IngestProcess) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def db(
+    request: pytest.FixtureRequest, backend: str, ingest: IngestProcess
+) -> Iterator[SyncClient]:
+    # The function-scoped fixtures empty the server or every cluster node.
+    request.getfixturevalue("cluster_url" if "cluster" in backend else "redis_url")
+    client = sync_client(backend, decode_responses=True)
     yield client
     client.close()
 
@@ -68,13 +80,13 @@ class Device:
         self.sock.close()
 
 
-def entries(db: redis.Redis, imei: str = IMEI) -> list[dict[str, str]]:
+def entries(db: SyncClient, imei: str = IMEI) -> list[dict[str, str]]:
     rows = db.xrange(KEYS.records_for(imei))
     return [fields for _id, fields in rows if fields["imei"] == imei]
 
 
 def test_handshake_packets_and_acks_land_in_the_stream(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     device = Device(ingest.port)
     assert device.login() == b"\x01"
@@ -115,7 +127,7 @@ def test_handshake_packets_and_acks_land_in_the_stream(
 
 
 def test_device_hash_tracks_session_and_newest_position(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     records = make_records(3, start_ms=1_700_000_000_000, codec=8)
     newest_first = list(reversed(records))
@@ -150,7 +162,7 @@ def test_device_hash_tracks_session_and_newest_position(
 
 
 def test_crc_error_gets_no_ack_and_stores_nothing(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     device = Device(ingest.port)
     assert device.login() == b"\x01"
@@ -175,7 +187,7 @@ def test_non_digit_imei_is_refused_with_zero(ingest: IngestProcess) -> None:
 
 
 def test_keepalive_byte_is_never_answered(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     device = Device(ingest.port)
     device.sock.sendall(b"\xff")
@@ -190,7 +202,7 @@ def test_keepalive_byte_is_never_answered(
 
 
 def test_packet_split_1024_plus_237_is_stored_once(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     entry = vector("karticr-codec8-tcp-split-1024")
     first, second = (bytes.fromhex(s) for s in entry["segments"])
@@ -209,7 +221,7 @@ def test_packet_split_1024_plus_237_is_stored_once(
 
 
 def test_several_packets_in_one_write_are_all_acked(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     device = Device(ingest.port)
     burst = encode_imei(IMEI) + frame("wiki-codec8-tcp-ex1") + frame("traccar-c8-10")
@@ -222,7 +234,7 @@ def test_several_packets_in_one_write_are_all_acked(
 
 
 def test_zero_record_packet_is_acked_with_zero(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     device = Device(ingest.port)
     assert device.login() == b"\x01"
@@ -233,7 +245,7 @@ def test_zero_record_packet_is_acked_with_zero(
     device.close()
 
 
-def test_resent_packet_is_stored_once(db: redis.Redis, ingest: IngestProcess) -> None:
+def test_resent_packet_is_stored_once(db: SyncClient, ingest: IngestProcess) -> None:
     packet = frame("traccar-c8-27")
     for _attempt in range(3):
         device = Device(ingest.port)
@@ -248,7 +260,7 @@ def test_resent_packet_is_stored_once(db: redis.Redis, ingest: IngestProcess) ->
 
 
 def test_udp_datagram_is_stored_and_acked_with_its_ids(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     entry = vector("wiki-codec8-udp-ex1")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -268,7 +280,7 @@ def test_udp_datagram_is_stored_and_acked_with_its_ids(
 
 
 def test_udp_codec8e_datagram_from_the_encoder(
-    db: redis.Redis, ingest: IngestProcess
+    db: SyncClient, ingest: IngestProcess
 ) -> None:
     records = make_records(4, codec=0x8E)
     datagram = encode_udp_datagram(

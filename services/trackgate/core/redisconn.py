@@ -49,3 +49,16 @@ def sync_client(url: str, **options: Any) -> SyncClient:
     if cluster:
         return RedisCluster.from_url(plain, **options)
     return redis.Redis.from_url(plain, **options)
+
+
+def is_cluster_client(client: object) -> bool:
+    return isinstance(client, AsyncRedisCluster | RedisCluster)
+
+
+def pubsub_url(url: str) -> str:
+    """A plain URL to one node of ``url`` for classic pub/sub.
+
+    PUBLISH in a Redis Cluster reaches subscribers on every node, so the
+    seed node of a cluster URL serves as well as any.
+    """
+    return _split_cluster(url)[0]

@@ -14,6 +14,7 @@ that is the caller's policy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -25,7 +26,7 @@ from typing import Any, Literal
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from trackgate.core.keys import Keys
-from trackgate.core.redisconn import AsyncClient
+from trackgate.core.redisconn import AsyncClient, is_cluster_client
 from trackgate.protocol import AvlRecord
 
 #: How many record digests a device's dedup window keeps. A device sends one
@@ -157,6 +158,25 @@ class RecordStore:
     wait_aof: tuple[int, int, int] | None = None
     _shas: tuple[str, str] | None = None
 
+    async def _execute(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Run commands in one round trip; errors come back as values.
+
+        A single server gets one pipeline. redis-py refuses scripts in a
+        cluster pipeline, so on a cluster the commands go out concurrently,
+        each to the node that owns its slot: still one round trip of latency.
+        """
+        if not is_cluster_client(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            for command, args in calls:
+                pipe.execute_command(command, *args)
+            return list(await pipe.execute(raise_on_error=False))
+        return list(
+            await asyncio.gather(
+                *(self.client.execute_command(c, *a) for c, a in calls),
+                return_exceptions=True,
+            )
+        )
+
     async def load_scripts(self) -> None:
         """Load the Lua scripts (again after a Redis restart or failover)."""
         records = await self.client.script_load(STORE_RECORDS_LUA)
@@ -190,7 +210,7 @@ class RecordStore:
         window_bytes = str(self.dedup_window * DIGEST_SIZE)
         ttl = str(self.dedup_ttl_s)
 
-        pipe = self.client.pipeline(transaction=False)
+        calls: list[tuple[str, tuple[Any, ...]]] = []
         for packet in packets:
             args: list[Any] = [window_bytes, ttl, *trim]
             received_at = str(packet.received_at)
@@ -201,12 +221,14 @@ class RecordStore:
                 args += (record_digest(packet.codec, record), len(fields) // 2)
                 args += fields
             stream = self.keys.records_for(packet.imei)
-            pipe.evalsha(records_sha, 2, stream, self.keys.dedup(packet.imei), *args)
-            pipe.evalsha(device_sha, 1, self.keys.device(packet.imei), *_device_args(packet))
-            pipe.zadd(self.keys.devices(), {packet.imei: packet.received_at})
+            dedup = self.keys.dedup(packet.imei)
+            device = self.keys.device(packet.imei)
+            calls.append(("EVALSHA", (records_sha, 2, stream, dedup, *args)))
+            calls.append(("EVALSHA", (device_sha, 1, device, *_device_args(packet))))
+            calls.append(("ZADD", (self.keys.devices(), packet.received_at, packet.imei)))
         if self.wait_aof is not None:
-            pipe.execute_command("WAITAOF", *self.wait_aof)
-        replies = await pipe.execute(raise_on_error=False)
+            calls.append(("WAITAOF", self.wait_aof))
+        replies = await self._execute(calls)
 
         for reply in replies:
             if isinstance(reply, NoScriptError):
@@ -285,7 +307,10 @@ class SessionStore:
         )  # fmt: skip
         pipe.zadd(self.keys.devices(), {imei: started_at})
         await pipe.execute()
-        await self.publish({"type": "session", "imei": imei, "session_id": session_id})
+        await self.publish({
+            "type": "session", "imei": imei, "session_id": session_id,
+            "started_at": started_at, "origin": f"{pod}/{worker}",
+        })  # fmt: skip
 
     async def closed(self, imei: str, session_id: str, at: int) -> bool:
         """Mark the device disconnected, unless a newer session owns it now."""

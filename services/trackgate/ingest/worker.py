@@ -27,7 +27,12 @@ from aiohttp import web
 
 from trackgate.core import telemetry as tm
 from trackgate.core.logs import LogLimiter
-from trackgate.core.redisconn import AsyncClient, async_client, is_cluster_url
+from trackgate.core.redisconn import (
+    AsyncClient,
+    async_client,
+    is_cluster_url,
+    pubsub_url,
+)
 from trackgate.core.store import (
     PacketWrite,
     RecordStore,
@@ -379,8 +384,7 @@ class Worker:
         client = self.redis
         if is_cluster_url(self.settings.redis_url):
             # Classic pub/sub is broadcast cluster-wide: any node will do.
-            node = self.redis.get_default_node()  # type: ignore[union-attr]
-            client = async_client(f"redis://{node.host}:{node.port}/0")
+            client = async_client(pubsub_url(self.settings.redis_url))
         pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[union-attr]
         await pubsub.subscribe(self.keys.events())
         try:
@@ -403,8 +407,16 @@ class Worker:
         if kind != "session":
             return
         session = self.sessions.get(imei)
-        if session is not None and session.session_id != event.get("session_id"):
-            del self.sessions[session.imei]  # type: ignore[arg-type]
+        if session is None or event.get("origin") == self.name:
+            return  # this worker replaces its own sessions as they log in
+        claimed_at = event.get("started_at")
+        mine = int(session.started_at * 1000)
+        # Only a newer session takes over: a late claim of an older one (the
+        # bus does not order messages against logins) must not win.
+        if session.session_id != event.get("session_id") and (
+            not isinstance(claimed_at, int) or claimed_at >= mine
+        ):
+            del self.sessions[imei]
             self._replace(session, "device connected to another instance")
 
     async def _watch_streams(self) -> None:

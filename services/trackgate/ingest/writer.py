@@ -104,7 +104,12 @@ class BatchWriter:
             started = time.perf_counter()
             try:
                 results = await self.store.write([p.packet for p in batch])
-            except StoreError as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never lose the lane
+                if not isinstance(exc, StoreError):
+                    log.error("unexpected store failure", exc_info=exc)
+                    exc = StoreError(f"{type(exc).__name__}: {exc}")
                 batch = self._expire(batch, exc)
                 if self.healthy:
                     log.warning("redis write failed, retrying: %s", exc)

@@ -1,0 +1,86 @@
+"""Several ingest instances on one Redis, as pods would be."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.servers import IngestProcess
+from tests.support.vectors import frame
+from trackgate.core.keys import Keys
+from trackgate.core.redisconn import sync_client
+from trackgate.protocol import encode_imei
+
+IMEI = "356307042441013"
+
+
+@pytest.fixture(params=["single", "cluster"])
+def pods(request: pytest.FixtureRequest) -> Iterator[tuple[str, IngestProcess, IngestProcess]]:
+    name = "redis_url" if request.param == "single" else "cluster_url"
+    url = str(request.getfixturevalue(name))
+    a = IngestProcess(url, pod_name="pod-a")
+    b = IngestProcess(url, pod_name="pod-b")
+    a.start()
+    b.start()
+    yield url, a, b
+    a.stop()
+    b.stop()
+
+
+def login(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(encode_imei(IMEI))
+    assert sock.recv(1) == b"\x01"
+    sock.sendall(frame("wiki-codec8-tcp-ex1"))
+    assert sock.recv(4) == bytes.fromhex("00000001")
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_reconnect_to_another_instance_takes_the_session_over(
+    pods: tuple[str, IngestProcess, IngestProcess],
+) -> None:
+    url, a, b = pods
+    db = sync_client(url, decode_responses=True)
+    old = login(a.port)
+    status = db.hgetall(Keys().device(IMEI))
+    assert status["pod"] == "pod-a" and status["connected"] == "1"
+
+    # The device's old link looks open (a lost FIN); it comes back via pod B.
+    new = login(b.port)
+    assert closed_by_server(old, within=5.0)
+    deadline = time.monotonic() + 5
+    while db.hget(Keys().device(IMEI), "pod") != "pod-b":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert metric(a.admin_port, "trackgate_sessions_replaced_total") == 1
+    # Closing the stale session did not mark the device offline.
+    time.sleep(0.3)
+    assert db.hget(Keys().device(IMEI), "connected") == "1"
+    assert closed_by_server(new, within=0.5) is False
+    new.close()
+    old.close()
+    db.close()

@@ -134,10 +134,13 @@ async def device_status(
     client: AsyncClient, keys: Keys, imei: str
 ) -> DeviceStatus | None:
     """The device's status, or None if the gateway never heard of it."""
-    raw = await client.hgetall(keys.device(imei))
+    # One round trip; the two keys may live in different cluster slots.
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.device(imei))
+    pipe.hmget(keys.dedup(imei), ["stored", "duplicates"])
+    raw, (stored, duplicates) = await pipe.execute()
     if not raw:
         return None
-    stored, duplicates = await client.hmget(keys.dedup(imei), ["stored", "duplicates"])
     return DeviceStatus.from_hash(
         imei, raw, {"stored": stored, "duplicates": duplicates}
     )

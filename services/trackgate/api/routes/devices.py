@@ -38,6 +38,7 @@ async def list_devices(
     _: ReadScope,
     redis: RedisDep,
     keys: KeysDep,
+    settings: SettingsDep,
     cursor: Annotated[
         str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of a page.")
     ] = None,
@@ -54,7 +55,7 @@ async def list_devices(
     after = ScoreCursor.decode(cursor) if cursor else None
     devices, following = await device_page(
         redis, keys, after=after, limit=limit, seen_since=seen_since,
-        connected=connected,
+        connected=connected, scan_budget=settings.api_records_scan_budget,
     )  # fmt: skip
     return DevicesPublic(
         items=[DevicePublic.of(status) for status in devices],

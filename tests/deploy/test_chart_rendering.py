@@ -666,3 +666,113 @@ def test_notes_tell_how_to_reach_the_api_tracker_and_netcheck(helm: str) -> None
     )
     assert "get service tg-trackgate-tracker" in notes
     assert "exec deploy/tg-trackgate -c ingest -- trackgate netcheck" in notes
+
+
+# -- uninstall ----------------------------------------------------------------------
+
+
+def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    for term in selector.split(","):
+        key, _, value = term.partition("=")
+        if key not in labels or (value and labels[key] != value):
+            return False
+    return True
+
+
+def test_uninstall_hook_releases_this_releases_profiles_first(helm: str) -> None:
+    docs = render([PRODUCTION])
+    job = one(docs, "Job", "tg-trackgate-cleanup")
+    c = container(job, "cleanup")
+    script, selector, wait = c["args"]
+
+    profiles = find(docs, "NodeNetworkProfile")
+    other_release = find(render([PRODUCTION], release="other"), "NodeNetworkProfile")
+    role = one(docs, "ClusterRole", "tg-trackgate-cleanup")
+
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert c["command"] == ["python", "-c"]
+    compile(script, "cleanup-hook", "exec")
+    assert profiles and all(
+        _selector_matches(selector, p["metadata"]["labels"]) for p in profiles
+    )
+    assert not any(
+        _selector_matches(selector, p["metadata"]["labels"]) for p in other_release
+    )
+    assert int(wait) > 300
+    assert job["spec"]["activeDeadlineSeconds"] > int(wait)
+    assert _rules(role) == {
+        ("trackgate.io", "nodenetworkprofiles", frozenset({"list", "delete"}))
+    }
+
+
+def test_no_uninstall_hook_without_node_pools(helm: str) -> None:
+    assert find(render(), "Job") == []
+    assert (
+        find(render([PRODUCTION], sets=["operator.cleanupOnUninstall=false"]), "Job")
+        == []
+    )
+
+
+def _contract_env() -> dict[str, bool]:
+    """Operator variables of the deployment contract -> required."""
+    env: dict[str, bool] = {}
+    for line in CONTRACT.read_text().splitlines():
+        match = re.match(r"^\| `(TRACKGATE_[A-Z_]+)` \| (yes|no) \|", line)
+        if match:
+            env[match.group(1)] = match.group(2) == "yes"
+    return env
+
+
+def test_operator_environment_uses_only_contract_variables(helm: str) -> None:
+    contract = _contract_env()
+    deployment = one(render([PRODUCTION]), "Deployment", "tg-trackgate-operator")
+
+    rendered = set(env_of(container(deployment, "operator")))
+    shared = {"TRACKGATE_LOG_FORMAT", "TRACKGATE_POD_NAME"}
+
+    assert {name for name, required in contract.items() if required} <= rendered
+    assert rendered - shared <= contract.keys()
+
+
+def _dashboard_metrics() -> set[str]:
+    text = (CHART / "dashboards" / "trackgate.json").read_text()
+    names = set(re.findall(r"\btrackgate_[a-z_]+", text))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+def test_docs_list_exactly_the_metrics_the_dashboard_queries() -> None:
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    table = docs.split("<!-- dashboard-metrics:start -->")[1]
+    table = table.split("<!-- dashboard-metrics:end -->")[0]
+
+    listed = set(re.findall(r"^\| `(trackgate_[a-z_]+)` \|", table, re.M))
+
+    assert listed == _dashboard_metrics()
+    assert len(listed) == 15
+
+
+def test_dashboard_has_the_promised_panels() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "trackgate.json").read_text())
+    panels = {p["title"]: p for p in dashboard["panels"] if p["type"] != "row"}
+
+    lag = panels["Record lag (device time to server time)"]
+    queue = panels["Accept queue: length vs limit"]
+
+    assert lag["type"] == "heatmap"
+    assert lag["targets"][0]["format"] == "heatmap"
+    assert "trackgate_record_lag_seconds_bucket" in lag["targets"][0]["expr"]
+    assert [t["expr"].split("(")[2].split("{")[0] for t in queue["targets"]] == [
+        "trackgate_listen_queue_length",
+        "trackgate_listen_queue_limit",
+    ]
+    assert any(
+        "histogram_quantile(0.99" in t["expr"]
+        for t in panels["ACK latency p50 / p99"]["targets"]
+    )
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {
+        "datasource",
+        "namespace",
+        "pod",
+    }

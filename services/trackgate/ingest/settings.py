@@ -61,14 +61,24 @@ class IngestSettings(CommonSettings):
         600, ge=1, description="A reconnect followed by records older than this "
         "is counted as a burst."
     )  # fmt: skip
-    dedup_window: int = Field(DEFAULT_DEDUP_WINDOW, ge=16, le=65536)
-    dedup_ttl_s: int = Field(DEFAULT_DEDUP_TTL_S, ge=60)
+    dedup_window: int = Field(
+        DEFAULT_DEDUP_WINDOW, ge=16, le=65536,
+        description="Record digests remembered per device to recognise resends.",
+    )  # fmt: skip
+    dedup_ttl_s: int = Field(
+        DEFAULT_DEDUP_TTL_S, ge=60,
+        description="A silent device's dedup window expires after this.",
+    )  # fmt: skip
     retention: str = Field(
         "age", pattern="^(age|length|none)$",
         description="How streams are trimmed: by age, by length, or never.",
     )  # fmt: skip
-    retention_age_s: int = Field(7 * 86400, ge=60)
-    retention_length: int = Field(10_000_000, ge=1000)
+    retention_age_s: int = Field(
+        7 * 86400, ge=60, description="Age retention: entries older than this go."
+    )
+    retention_length: int = Field(
+        10_000_000, ge=1000, description="Length retention: entries kept per shard."
+    )
     wait_aof: str = Field(
         "", pattern=r"^(|\d+,\d+,\d+)$",
         description="'numlocal,numreplicas,timeout_ms': WAITAOF before ACKing.",
@@ -84,7 +94,9 @@ class IngestSettings(CommonSettings):
         10.0, ge=0, description="Pause before a command's next attempt."
     )
     otlp_endpoint: str = Field("", description="OTLP/HTTP traces endpoint; empty = off")
-    trace_ratio: float = Field(0.01, ge=0, le=1)
+    trace_ratio: float = Field(
+        0.01, ge=0, le=1, description="Share of packets traced when OTLP is on."
+    )
 
     def wait_aof_args(self) -> tuple[int, int, int] | None:
         if not self.wait_aof:

@@ -24,11 +24,21 @@ class OperatorSettings(BaseSettings):
 
     operator_namespace: str = Field(description="Namespace of the agent DaemonSets.")
     agent_image: str = Field(description="Image that runs `trackgate agent`.")
-    agent_service_account: str = "trackgate-agent"
-    agent_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    agent_privileged: bool = True
-    agent_priority_class_name: str = ""
-    agent_state_dir: str = "/var/lib/trackgate"
+    agent_service_account: str = Field(
+        "trackgate-agent", description="Service account of the agent pods."
+    )
+    agent_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the agent image."
+    )
+    agent_privileged: bool = Field(
+        True,
+        description="Privileged agents; false gives SYS_ADMIN and SYS_PTRACE only "
+        "(see docs/operator.md).",
+    )
+    agent_priority_class_name: str = Field("", description="PriorityClass of agents.")
+    agent_state_dir: str = Field(
+        "/var/lib/trackgate", description="Node folder where originals are kept."
+    )
     agent_interval: int = Field(30, ge=5, le=3600, description="Agent cycle, s.")
     operator_status_interval: int = Field(
         30, ge=5, le=3600, description="Seconds between status aggregations."
@@ -39,7 +49,7 @@ class OperatorSettings(BaseSettings):
         le=86_400,
         description="Seconds a deletion waits for agents to restore originals.",
     )
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     def agent_template(self) -> AgentTemplate:
         return AgentTemplate(
@@ -60,17 +70,19 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRACKGATE_", extra="ignore")
 
-    agent_profile: str
-    agent_node_name: str
-    agent_pod_name: str
-    agent_pod_namespace: str
-    agent_interval: int = Field(30, ge=1, le=3600)
-    agent_state_dir: str = "/var/lib/trackgate"
-    agent_proc_root: str = "/proc"
+    agent_profile: str = Field(description="The NodeNetworkProfile this agent serves.")
+    agent_node_name: str = Field(description="Its node (downward API).")
+    agent_pod_name: str = Field(description="Its pod, where it reports (downward API).")
+    agent_pod_namespace: str = Field(description="Its pod's namespace (downward API).")
+    agent_interval: int = Field(30, ge=1, le=3600, description="Cycle, s.")
+    agent_state_dir: str = Field(
+        "/var/lib/trackgate", description="Node folder where originals are kept."
+    )
+    agent_proc_root: str = Field("/proc", description="The host's /proc (hostPID).")
     agent_node_netns: str = Field(
         "", description="Namespace path of the node; default <proc root>/1/ns/net."
     )
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @property
     def node_netns(self) -> str:

@@ -537,6 +537,11 @@ def test_operator_rbac_matches_the_deployment_contract(helm: str) -> None:
 
     operator = "RBAC of the operator (ServiceAccount of the Deployment)"
     agent = "RBAC of the agent (`TRACKGATE_AGENT_SERVICE_ACCOUNT`)"
+    for section in (operator, agent):
+        for kind in ("ClusterRole", "Role"):
+            assert f"{section}/{kind}" in tables, (
+                f"docs/operator.md lost {section}/{kind}"
+            )
 
     assert _rules(one(docs, "ClusterRole", "tg-trackgate-operator")) == set(
         tables[f"{operator}/ClusterRole"]

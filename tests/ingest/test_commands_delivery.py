@@ -141,6 +141,10 @@ class Tracker:
         self._writer.write(encode_avl_packet(CODEC_8, [record]))
         return await asyncio.wait_for(self._acks.get(), 5)
 
+    def write(self, data: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(data)
+
     async def next_command(self, timeout: float = 5.0) -> GprsMessage:
         return await asyncio.wait_for(self.commands.get(), timeout)
 
@@ -492,4 +496,41 @@ async def test_cancelled_command_is_not_sent(
     await asyncio.sleep(0.2)
 
     assert [m.payload for m in tracker.received] == [b"getinfo"]
+    await tracker.close()
+
+
+async def test_answer_after_the_timeout_still_settles_the_command(
+    gateway_factory: Callable[..., Any], store: CommandStore
+) -> None:
+    gateway = await gateway_factory(response_timeout=0.2, retry_delay=30.0)
+    slow = Tracker(IMEI, gateway.port, answer=never_answers)
+    await slow.connect()
+    command, _ = await store.enqueue(NewCommand(IMEI, text="getver"))
+    await slow.next_command()
+    await settled(store, command.id, CommandState.QUEUED)  # the timeout passed
+
+    slow.write(encode_gprs_message(CODEC_12, RESPONSE_TYPE, b"Ver:03.28.03"))
+    answered = await settled(store, command.id, CommandState.ANSWERED)
+
+    assert answered.response == "Ver:03.28.03"
+    assert answered.history[-1].detail == "answered after the response timeout"
+    assert len(slow.received) == 1
+    await slow.close()
+
+
+async def test_answer_nobody_asked_for_is_counted_and_changes_nothing(
+    gateway_factory: Callable[..., Any], store: CommandStore
+) -> None:
+    gateway = await gateway_factory()
+    tracker = Tracker(IMEI, gateway.port)
+    await tracker.connect()
+    command, _ = await store.enqueue(NewCommand(IMEI, text="getinfo"))
+    await settled(store, command.id, CommandState.ANSWERED)
+
+    tracker.write(encode_gprs_message(CODEC_12, RESPONSE_TYPE, b"DOUT1:1"))
+    assert await tracker.send_record() == 1  # the session carries on
+
+    assert gateway.courier.stats.unsolicited == 1
+    again = await store.get(IMEI, command.id)
+    assert again.response == FMB_ANSWERS[b"getinfo"].decode()
     await tracker.close()

@@ -50,6 +50,7 @@ from trackgate.core.commands import (
     CommandStore,
 )
 from trackgate.core.keys import Keys
+from trackgate.core.logs import LogLimiter
 from trackgate.core.redisconn import AsyncClient
 from trackgate.protocol import (
     CODEC_12,
@@ -138,6 +139,9 @@ class CommandCourier:
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # A device that keeps sending answers nobody asked for is logged a
+        # few times a minute, and counted every time.
+        self._limiter = LogLimiter()
 
     # Hooks called by the ingest session ----------------------------------
 
@@ -182,10 +186,13 @@ class CommandCourier:
             command_id = self._timed_out.pop(session.session_id, "")
         if not command_id:
             self.stats.unsolicited += 1
-            log.warning(
-                "imei=%s peer=%s answer with no command in flight (%d bytes)",
-                session.imei, session.peer, len(message.payload),
-            )  # fmt: skip
+            allowed, suppressed = self._limiter.allow(f"unsolicited:{session.imei}")
+            if allowed:
+                log.warning(
+                    "imei=%s peer=%s answer with no command in flight (%d bytes) "
+                    "suppressed_since=%d",
+                    session.imei, session.peer, len(message.payload), suppressed,
+                )  # fmt: skip
             return
 
         try:

@@ -455,14 +455,10 @@ class Worker:
         t = self.telemetry
 
         def queue() -> list[tuple[float, dict[str, str]]]:
-            rows = []
-            for sock in self.listeners:
-                length, limit = listen_queue(sock)
-                rows.append((float(length), {"limit": str(limit)}))
-            return rows
+            return [(float(listen_queue(s)[0]), _listener(s)) for s in self.listeners]
 
         def limit() -> list[tuple[float, dict[str, str]]]:
-            return [(float(listen_queue(s)[1]), {}) for s in self.listeners]
+            return [(float(listen_queue(s)[1]), _listener(s)) for s in self.listeners]
 
         t.gauge("trackgate.listen_queue.length", "Accept queue length now", queue)
         t.gauge("trackgate.listen_queue.limit", "Accept queue limit (backlog)", limit)
@@ -620,6 +616,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
         future.add_done_callback(stored)
         worker.record_lags(write)
+
+
+def _listener(sock: socket.socket) -> dict[str, str]:
+    host, port = sock.getsockname()[:2]
+    return {"listener": f"{host}:{port}"}
 
 
 def _reason_kind(reason: str) -> str:

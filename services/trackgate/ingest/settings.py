@@ -47,8 +47,10 @@ class IngestSettings(CommonSettings):
     keepalive_interval_s: int = Field(15, ge=1, description="TCP_KEEPINTVL")
     keepalive_count: int = Field(4, ge=1, description="TCP_KEEPCNT")
     user_timeout_s: int = Field(
-        60, ge=0, description="TCP_USER_TIMEOUT: unacknowledged data this long kills"
-    )
+        0, ge=0,
+        description="TCP_USER_TIMEOUT in s; 0 = idle + interval x count, so one "
+        "bound covers idle links and unacknowledged data alike.",
+    )  # fmt: skip
     store_timeout_s: float = Field(
         20.0, gt=0,
         description="How long a packet waits for Redis before the link is closed "

@@ -2,9 +2,13 @@
 
 The keepalive options and TCP_USER_TIMEOUT are set on the listening socket;
 Linux copies them to every accepted socket, so sessions pay nothing for them.
-With the defaults (60 s idle, 4 probes 15 s apart) a silent dead peer is
-found within 2 minutes; TCP_USER_TIMEOUT (60 s) cuts a peer that stops
-acknowledging data we sent (an ACK or a command) sooner.
+
+Linux lets TCP_USER_TIMEOUT override keepalive: once it is set, a link whose
+probes go unanswered is only dropped after the user timeout. So the two are
+one bound here: unless set on its own, the user timeout equals
+idle + interval x count. With the defaults (60 s idle, 4 probes 15 s apart)
+a dead peer is found within 120 s, whether the link was idle or had data
+(an ACK, a command) waiting to be acknowledged.
 """
 
 from __future__ import annotations
@@ -59,6 +63,15 @@ def open_listeners(host: str, port: int, kind: socket.SocketKind) -> list[socket
     return sockets
 
 
+def dead_peer_bound_s(settings: KeepaliveSettings) -> int:
+    """Seconds after which a peer that answers nothing is dropped."""
+    keepalive = (
+        settings.keepalive_idle_s
+        + settings.keepalive_interval_s * settings.keepalive_count
+    )
+    return settings.user_timeout_s or keepalive
+
+
 def configure_listener(sock: socket.socket, settings: KeepaliveSettings) -> None:
     """Keepalive and user timeout, inherited by accepted connections."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -67,8 +80,7 @@ def configure_listener(sock: socket.socket, settings: KeepaliveSettings) -> None
         socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, settings.keepalive_interval_s
     )
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, settings.keepalive_count)
-    if settings.user_timeout_s:
-        sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, settings.user_timeout_s * 1000
-        )
+    sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, dead_peer_bound_s(settings) * 1000
+    )
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -467,6 +467,12 @@ class Worker:
             "Devices with a live session on this worker",
             lambda: [(float(len(self.sessions)), {})],
         )
+        for stat in ("sent", "answered", "attempts_failed", "failed", "unsolicited"):
+            t.counter(
+                f"trackgate.commands.{stat}",
+                f"Commands {stat.replace('_', ' ')} by this worker",
+                _stat_reader(self.courier.stats, stat),
+            )
         t.gauge(
             "trackgate.writer.queued",
             "Packets waiting for the Redis writer",
@@ -545,6 +551,10 @@ KERNEL_COUNTERS = (
      "SYNs dropped because the SYN queue was full and cookies were off"),
     ("trackgate.syncookies_sent", "TcpExtSyncookiesSent", "SYN cookies sent"),
 )  # fmt: skip
+
+
+def _stat_reader(stats: object, name: str) -> Gauge:
+    return lambda: [(float(getattr(stats, name)), {})]
 
 
 def _netstat_reader(counter: str) -> Callable[[], list[tuple[float, dict[str, str]]]]:

@@ -341,9 +341,13 @@ class Worker:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             now = time.monotonic()
+            wall = time.time()
             for session in list(self.connections):
                 silent = now - session.last_seen
-                if session.imei is None and silent > s.handshake_timeout_s:
+                # The handshake deadline runs from the connect, not from the
+                # last byte: a login trickled a byte at a time is cut as well.
+                age = wall - session.started_at
+                if session.imei is None and age > s.handshake_timeout_s:
                     self._timeout(session, "handshake timeout")
                 elif session.pending is None and silent > s.idle_timeout_s:
                     self._timeout(session, "idle timeout")

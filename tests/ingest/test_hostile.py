@@ -35,6 +35,8 @@ from tests.support.servers import IngestProcess, RedisServer
 from trackgate.protocol import encode_avl_packet, encode_imei
 from trackgate.sim import make_records
 
+pytestmark = pytest.mark.slow
+
 IMEI = "356307042449999"
 #: Settings of the server under attack: short timeouts so a test sees them.
 HANDSHAKE_S = 2.0

@@ -55,8 +55,11 @@ def env(**extra: str) -> dict[str, str]:
 def simulate(port: int, *args: str) -> dict[str, Any]:
     out = subprocess.run(
         [PYTHON, "-m", "trackgate", "simulate", *args, "--port", str(port)],
-        capture_output=True, text=True, env=env(), check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=False,
+    )
     try:
         return dict(json.loads(out.stdout))
     except json.JSONDecodeError:
@@ -83,21 +86,30 @@ class Server:
         self.port = free_port()
         self.admin = free_port()
         if kind == "naive":
-            cmd = [PYTHON, str(ROOT / "bench" / "naive_server.py"), str(self.port),
-                   redis_url]  # fmt: skip
+            cmd = [
+                PYTHON,
+                str(ROOT / "bench" / "naive_server.py"),
+                str(self.port),
+                redis_url,
+            ]
         else:
             cmd = [PYTHON, "-m", "trackgate", "ingest"]
         self.proc = subprocess.Popen(
             cmd,
             env=env(
-                TRACKGATE_REDIS_URL=redis_url, TRACKGATE_HOST="127.0.0.1",
-                TRACKGATE_PORT=str(self.port), TRACKGATE_ADMIN_PORT=str(self.admin),
-                TRACKGATE_ADMIN_HOST="127.0.0.1", TRACKGATE_WORKERS=str(workers),
-                TRACKGATE_LOG_LEVEL="WARNING", TRACKGATE_MAX_CONNECTIONS="100000",
+                TRACKGATE_REDIS_URL=redis_url,
+                TRACKGATE_HOST="127.0.0.1",
+                TRACKGATE_PORT=str(self.port),
+                TRACKGATE_ADMIN_PORT=str(self.admin),
+                TRACKGATE_ADMIN_HOST="127.0.0.1",
+                TRACKGATE_WORKERS=str(workers),
+                TRACKGATE_LOG_LEVEL="WARNING",
+                TRACKGATE_MAX_CONNECTIONS="100000",
                 TRACKGATE_MAX_CONNECTIONS_PER_IP="100000",
             ),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.port)
         time.sleep(1.0)
 
@@ -119,7 +131,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     opts = parser.parse_args()
     q = opts.quick
-    devices, packets, records = (50, 10, 20) if q else (200, 25, 25)
+    # 20 Codec 8 records with six IO values: a 1,076-byte packet, what a
+    # device emptying its memory sends (devices cap packets at 1,280 bytes).
+    devices, packets, records = (50, 10, 20) if q else (200, 25, 20)
     storm_n = 2000 if q else 10_000
     hold_n = 4000 if q else 20_000
 
@@ -127,18 +141,39 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="trackgate-bench-"))
     redis_port = free_port()
     redis = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
-         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     wait_port(redis_port)
     url = f"redis://127.0.0.1:{redis_port}/0"
     try:
-        load = ["throughput", "--devices", str(devices), "--packets", str(packets),
-                "--records", str(records), "--codec", "8E"]  # fmt: skip
+        load = [
+            "throughput",
+            "--devices",
+            str(devices),
+            "--packets",
+            str(packets),
+            "--records",
+            str(records),
+            "--codec",
+            "8",
+        ]
         for kind in ("naive", "trackgate"):
-            subprocess.run(["redis-cli", "-p", str(redis_port), "flushall"],
-                           capture_output=True, check=False)  # fmt: skip
+            subprocess.run(
+                ["redis-cli", "-p", str(redis_port), "flushall"],
+                capture_output=True,
+                check=False,
+            )
             server = Server(kind, url, opts.workers)
             try:
                 results[f"{kind}_throughput"] = simulate(server.port, *load)
@@ -152,22 +187,49 @@ def main() -> None:
             half_devices = devices
             interval = half_devices * records / (best / 2)
             results["trackgate_half_load"] = simulate(
-                server.port, "fleet", "--devices", str(half_devices), "--packets",
-                str(packets), "--records", str(records), "--interval",
-                f"{interval:.4f}", "--codec", "8E",
-            )  # fmt: skip
+                server.port,
+                "fleet",
+                "--devices",
+                str(half_devices),
+                "--packets",
+                str(packets),
+                "--records",
+                str(records),
+                "--interval",
+                f"{interval:.4f}",
+                "--codec",
+                "8",
+            )
             results["trackgate_storm"] = simulate(
-                server.port, "storm", "--connections", str(storm_n),
-                "--first-imei", "500000",
-            )  # fmt: skip
+                server.port,
+                "storm",
+                "--connections",
+                str(storm_n),
+                "--first-imei",
+                "500000",
+            )
             time.sleep(2)
             before = rss_kib(server.pids())
             hold = subprocess.Popen(
-                [PYTHON, "-m", "trackgate", "simulate", "hold", "--port",
-                 str(server.port), "--sessions", str(hold_n), "--seconds", "20",
-                 "--first-imei", "800000"],
-                stdout=subprocess.PIPE, text=True, env=env(),
-            )  # fmt: skip
+                [
+                    PYTHON,
+                    "-m",
+                    "trackgate",
+                    "simulate",
+                    "hold",
+                    "--port",
+                    str(server.port),
+                    "--sessions",
+                    str(hold_n),
+                    "--seconds",
+                    "20",
+                    "--first-imei",
+                    "800000",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env(),
+            )
             time.sleep(15)
             during = rss_kib(server.pids())
             out, _ = hold.communicate(timeout=120)
@@ -202,21 +264,50 @@ def report(r: dict[str, Any]) -> None:
     naive, tg = r["naive_throughput"], r["trackgate_throughput"]
     ratio = tg["records_per_s"] / max(naive["records_per_s"], 1e-9)
     rows = [
-        ("acked records/s", naive["records_per_s"], tg["records_per_s"], f"x{ratio:.1f}"),
-        ("records acked / sent", f"{naive['records_acked']}/{naive['records_sent']}",
-         f"{tg['records_acked']}/{tg['records_sent']}", ""),
-        ("ACK p99 ms (full load)", naive["ack_latency_ms"]["p99"],
-         tg["ack_latency_ms"]["p99"], ""),
-        ("ACK p99 ms (half load)", "", r["trackgate_half_load"]["ack_latency_ms"]["p99"],
-         ""),
-        ("storm connects >= 0.9 s", r["naive_storm"]["connects_over_0_9s"],
-         r["trackgate_storm"]["connects_over_0_9s"], ""),
-        ("storm connect p99 ms", r["naive_storm"]["connect_ms"]["p99"],
-         r["trackgate_storm"]["connect_ms"]["p99"], ""),
+        (
+            "acked records/s",
+            naive["records_per_s"],
+            tg["records_per_s"],
+            f"x{ratio:.1f}",
+        ),
+        (
+            "records acked / sent",
+            f"{naive['records_acked']}/{naive['records_sent']}",
+            f"{tg['records_acked']}/{tg['records_sent']}",
+            "",
+        ),
+        (
+            "ACK p99 ms (full load)",
+            naive["ack_latency_ms"]["p99"],
+            tg["ack_latency_ms"]["p99"],
+            "",
+        ),
+        (
+            "ACK p99 ms (half load)",
+            "",
+            r["trackgate_half_load"]["ack_latency_ms"]["p99"],
+            "",
+        ),
+        (
+            "storm connects >= 0.9 s",
+            r["naive_storm"]["connects_over_0_9s"],
+            r["trackgate_storm"]["connects_over_0_9s"],
+            "",
+        ),
+        (
+            "storm connect p99 ms",
+            r["naive_storm"]["connect_ms"]["p99"],
+            r["trackgate_storm"]["connect_ms"]["p99"],
+            "",
+        ),
         ("idle sessions held", "", r["trackgate_hold"]["held"], ""),
-        ("RSS bytes per idle session", "", r["trackgate_hold"]["rss_bytes_per_session"],
-         ""),
-    ]  # fmt: skip
+        (
+            "RSS bytes per idle session",
+            "",
+            r["trackgate_hold"]["rss_bytes_per_session"],
+            "",
+        ),
+    ]
     print(f"{'':30} {'naive':>14} {'trackgate':>14} {'ratio':>8}")
     for name, a, b, c in rows:
         print(f"{name:30} {a!s:>14} {b!s:>14} {c:>8}")

@@ -22,7 +22,9 @@ from trackgate.protocol import AvlPacket, Imei, TcpServerConnection, tcp_ack
 async def main(port: int, redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         conn = TcpServerConnection()
         imei = ""
         try:
@@ -35,11 +37,17 @@ async def main(port: int, redis_url: str) -> None:
                     elif isinstance(event, AvlPacket):
                         now = int(time.time() * 1000)
                         for r in event.records:
-                            await client.xadd("naive:records", {
-                                "imei": imei, "timestamp": r.timestamp, "received_at": now,
-                                "latitude": r.latitude, "longitude": r.longitude,
-                                "io": json.dumps(r.io),
-                            })
+                            await client.xadd(
+                                "naive:records",
+                                {
+                                    "imei": imei,
+                                    "timestamp": r.timestamp,
+                                    "received_at": now,
+                                    "latitude": r.latitude,
+                                    "longitude": r.longitude,
+                                    "io": json.dumps(r.io),
+                                },
+                            )
                         writer.write(tcp_ack(len(event.records)))
         except Exception:  # noqa: BLE001 - the baseline just drops the client
             pass

@@ -16,6 +16,10 @@ def test_configuration_doc_matches_the_settings_classes() -> None:
 
 
 def test_every_ingest_setting_is_documented_with_a_meaning() -> None:
-    rows = [line for line in render().split("## api")[0].splitlines() if line.startswith("| `")]
+    rows = [
+        line
+        for line in render().split("## api")[0].splitlines()
+        if line.startswith("| `")
+    ]
     assert len(rows) > 30
     assert all(not line.endswith("|  |") for line in rows)

@@ -18,13 +18,18 @@ def packet(records: list, received_at: int | None = None) -> PacketWrite:
     # Records carry their wire bytes (the dedup identity) only after decoding.
     decoded = decode_tcp_frame(encode_avl_packet(0x8E, records))
     return PacketWrite(
-        imei=IMEI, codec=0x8E, records=decoded.records,  # type: ignore[union-attr]
-        received_at=received_at or int(time.time() * 1000), transport="tcp",
+        imei=IMEI,
+        codec=0x8E,
+        records=decoded.records,  # type: ignore[union-attr]
+        received_at=received_at or int(time.time() * 1000),
+        transport="tcp",
         peer="127.0.0.1:1",
     )
 
 
-async def test_a_resend_in_another_packet_shape_is_still_deduplicated(redis_url: str) -> None:
+async def test_a_resend_in_another_packet_shape_is_still_deduplicated(
+    redis_url: str,
+) -> None:
     client = aioredis.Redis.from_url(redis_url)
     store = RecordStore(client, Keys())
     records = make_records(6, start_ms=1_700_000_000_000)

@@ -56,14 +56,28 @@ def netns() -> Iterator[str]:
 
 def in_ns(ns: str, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", ns, *command], capture_output=True, text=True,
-        check=False, **kwargs,  # type: ignore[arg-type]
-    )  # fmt: skip
+        ["ip", "netns", "exec", ns, *command],
+        capture_output=True,
+        text=True,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def listener_limits(ns: str, port: int) -> list[int]:
-    out = in_ns(ns, sys.executable, "-m", "trackgate", "netcheck", "--json",
-                "--seconds", "0.1", "--port", str(port), env=trackgate_env())  # fmt: skip
+    out = in_ns(
+        ns,
+        sys.executable,
+        "-m",
+        "trackgate",
+        "netcheck",
+        "--json",
+        "--seconds",
+        "0.1",
+        "--port",
+        str(port),
+        env=trackgate_env(),
+    )
     report = json.loads(out.stdout)
     return sorted(int(row["backlog_limit"]) for row in report["listeners"])
 
@@ -72,19 +86,35 @@ def test_workers_raise_their_backlog_when_somaxconn_grows(netns: str) -> None:
     assert in_ns(netns, "sysctl", "-qw", "net.core.somaxconn=128").returncode == 0
     redis_port, port, admin = free_port(), free_port(), free_port()
     redis = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "redis-server", "--port", str(redis_port),
-         "--save", "", "--appendonly", "no"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     env = trackgate_env(
         TRACKGATE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-        TRACKGATE_HOST="127.0.0.1", TRACKGATE_PORT=str(port),
-        TRACKGATE_ADMIN_PORT=str(admin), TRACKGATE_WORKERS="2",
-    )  # fmt: skip
+        TRACKGATE_HOST="127.0.0.1",
+        TRACKGATE_PORT=str(port),
+        TRACKGATE_ADMIN_PORT=str(admin),
+        TRACKGATE_WORKERS="2",
+    )
     ingest = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-m", "trackgate", "ingest"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         limits: list[int] = []

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.slow
 def fleet(devices: int, packets: int, records: int, first: int) -> list[SimDevice]:
     return [
         SimDevice.with_records(
-            imei_for(first + i), packets, records, codec=0x8E, seed=i,
-            response_timeout=3.0, reconnect_delays=(0.1, 0.2, 0.5),
+            imei_for(first + i),
+            packets,
+            records,
+            codec=0x8E,
+            seed=i,
+            response_timeout=3.0,
+            reconnect_delays=(0.1, 0.2, 0.5),
             interval=0.05,
         )  # fmt: skip
         for i in range(devices)
@@ -44,7 +49,10 @@ def audit(redis_url: str, devices: list[SimDevice]) -> dict[str, int]:
             stored[(fields["imei"], fields["timestamp"])] += 1
     client.close()
     sent = {
-        (d.imei, str(r.timestamp)) for d in devices for _frame, recs in d.packets for r in recs
+        (d.imei, str(r.timestamp))
+        for d in devices
+        for _frame, recs in d.packets
+        for r in recs
     }
     return {
         "sent": len(sent),
@@ -79,7 +87,9 @@ async def test_kill_9_of_the_gateway_loses_and_duplicates_nothing(
     ingest = IngestProcess(own_redis.url, store_timeout_s="5")
     await asyncio.to_thread(ingest.start)
     devices = fleet(20, 30, 4, first=1000)
-    runs = asyncio.gather(*(d.run("127.0.0.1", ingest.port, deadline=None) for d in devices))
+    runs = asyncio.gather(
+        *(d.run("127.0.0.1", ingest.port, deadline=None) for d in devices)
+    )
     try:
         await asyncio.sleep(1.0)
         await asyncio.to_thread(ingest.kill)
@@ -143,9 +153,7 @@ async def test_sigterm_drains_and_exits_within_the_grace_period(
     result = audit(redis_url, devices)
     # Whatever was ACKed is stored; nothing twice.
     assert result["duplicated"] == 0
-    acked = {
-        (d.imei, str(ts)) for d in devices for ts in d.stats.acked_timestamps
-    }
+    acked = {(d.imei, str(ts)) for d in devices for ts in d.stats.acked_timestamps}
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     stored = {
         (f["imei"], f["timestamp"])

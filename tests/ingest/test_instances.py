@@ -19,7 +19,9 @@ IMEI = "356307042441013"
 
 
 @pytest.fixture(params=["single", "cluster"])
-def pods(request: pytest.FixtureRequest) -> Iterator[tuple[str, IngestProcess, IngestProcess]]:
+def pods(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[str, IngestProcess, IngestProcess]]:
     name = "redis_url" if request.param == "single" else "cluster_url"
     url = str(request.getfixturevalue(name))
     a = IngestProcess(url, pod_name="pod-a")

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -44,7 +44,9 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
 class RedisServer:
     """A redis-server process owned by the test run."""
 
-    def __init__(self, port: int, workdir: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, port: int, workdir: Path, extra: list[str] | None = None
+    ) -> None:
         self.port = port
         self.workdir = workdir
         self.extra = extra or []
@@ -57,16 +59,25 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not on PATH: run .ci/run or apt-get install redis-server")
+            raise RuntimeError(
+                "redis-server is not on PATH: run scripts/setup.sh "
+                "(or apt-get install redis-server)"
+            )
         self.process = subprocess.Popen(
             [
                 binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.workdir),
-                "--save", "",
-                "--appendonly", "no",
-                "--protected-mode", "no",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -97,7 +108,7 @@ def redis_server(extra: list[str] | None = None) -> Iterator[RedisServer]:
 
 
 def trackgate_env(**overrides: str) -> dict[str, str]:
-    """The environment for a trackgate subprocess, without the caller's TRACKGATE_ vars."""
+    """Environment for a trackgate subprocess, minus the caller's TRACKGATE_ vars."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
     env.update(overrides)
     return env
@@ -113,7 +124,9 @@ class IngestProcess:
         self.workers = workers
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix="trackgate-ingest-", suffix=".log")[1])
+        self.log_path = Path(
+            tempfile.mkstemp(prefix="trackgate-ingest-", suffix=".log")[1]
+        )
 
     def env(self) -> dict[str, str]:
         env = trackgate_env(
@@ -134,7 +147,9 @@ class IngestProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trackgate", "ingest"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, timeout=30)
         wait_for_port(self.admin_port, timeout=30)
@@ -166,10 +181,8 @@ class IngestProcess:
         import signal as _signal
 
         for pid in self.worker_pids():
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.kill()
         self.process.wait()
         self.process = None

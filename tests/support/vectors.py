@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 VECTORS = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "vectors"
     / "teltonika_public.json"
 )
 

@@ -54,7 +54,12 @@ def render() -> str:
     for process, path in PROCESSES:
         cls = _load(path)
         prefix = cls.model_config.get("env_prefix", "")
-        lines += [f"## {process}", "", "| variable | default | meaning |", "|---|---|---|"]
+        lines += [
+            f"## {process}",
+            "",
+            "| variable | default | meaning |",
+            "|---|---|---|",
+        ]
         for name, field in cls.model_fields.items():
             meaning = (field.description or "").replace("|", "\\|").replace("\n", " ")
             default = _default(field).replace("|", "\\|")

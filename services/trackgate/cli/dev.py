@@ -42,8 +42,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_port(port: int, what: str, process: subprocess.Popen[bytes],
-               timeout: float = 30.0) -> None:  # fmt: skip
+def _wait_port(
+    port: int, what: str, process: subprocess.Popen[bytes], timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -68,9 +69,11 @@ def dev(
     """Run Redis, ingest and the API on 127.0.0.1 until Ctrl-C."""
     for wanted, name in ((port, "tracker"), (api_port, "API"), (admin_port, "admin")):
         if not _port_free(wanted):
-            typer.echo(f"port {wanted} ({name}) is taken: choose another with --"
-                       f"{'port' if name == 'tracker' else name.lower() + '-port'}",
-                       err=True)  # fmt: skip
+            typer.echo(
+                f"port {wanted} ({name}) is taken: choose another with --"
+                f"{'port' if name == 'tracker' else name.lower() + '-port'}",
+                err=True,
+            )
             raise typer.Exit(2)
     workdir = Path(tempfile.mkdtemp(prefix="trackgate-dev-"))
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -94,28 +97,48 @@ def dev(
         if redis_url is None:
             binary = shutil.which("redis-server")
             if binary is None:
-                typer.echo("redis-server is not on PATH: install it (apt-get install "
-                           "redis-server) or pass --redis-url", err=True)  # fmt: skip
+                typer.echo(
+                    "redis-server is not on PATH: install it (apt-get install "
+                    "redis-server) or pass --redis-url",
+                    err=True,
+                )
                 raise typer.Exit(2)
             redis_port = _free_port()
             redis = subprocess.Popen(
-                [binary, "--port", str(redis_port), "--bind", "127.0.0.1",
-                 "--dir", str(workdir), "--save", "", "--appendonly", "yes"],
+                [
+                    binary,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(workdir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                ],
                 stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             children.append(("redis", redis))
             _wait_port(redis_port, "redis-server", redis)
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
-        env.update({
-            "TRACKGATE_REDIS_URL": redis_url, "TRACKGATE_HOST": "127.0.0.1",
-            "TRACKGATE_PORT": str(port), "TRACKGATE_ADMIN_HOST": "127.0.0.1",
-            "TRACKGATE_ADMIN_PORT": str(admin_port), "TRACKGATE_WORKERS": str(workers),
-            "TRACKGATE_API_HOST": "127.0.0.1", "TRACKGATE_API_PORT": str(api_port),
-            "TRACKGATE_API_TOKENS_FILE": str(tokens_file),
-            "TRACKGATE_INGEST_PORT": str(port),
-        })  # fmt: skip
+        env.update(
+            {
+                "TRACKGATE_REDIS_URL": redis_url,
+                "TRACKGATE_HOST": "127.0.0.1",
+                "TRACKGATE_PORT": str(port),
+                "TRACKGATE_ADMIN_HOST": "127.0.0.1",
+                "TRACKGATE_ADMIN_PORT": str(admin_port),
+                "TRACKGATE_WORKERS": str(workers),
+                "TRACKGATE_API_HOST": "127.0.0.1",
+                "TRACKGATE_API_PORT": str(api_port),
+                "TRACKGATE_API_TOKENS_FILE": str(tokens_file),
+                "TRACKGATE_INGEST_PORT": str(port),
+            }
+        )
         me = [sys.executable, "-m", "trackgate"]
         ingest = subprocess.Popen([*me, "ingest"], env=env)
         children.append(("ingest", ingest))

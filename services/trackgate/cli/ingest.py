@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
 
 
 def ingest(
-    host: Annotated[str | None, typer.Option(help="Listen address [TRACKGATE_HOST]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Listen address [TRACKGATE_HOST]")
+    ] = None,
     port: Annotated[
         int | None, typer.Option(help="Tracker port, TCP+UDP [TRACKGATE_PORT]")
     ] = None,
@@ -26,7 +28,8 @@ def ingest(
         int | None, typer.Option(help="Admin HTTP port, 0 = off [TRACKGATE_ADMIN_PORT]")
     ] = None,
     backlog: Annotated[
-        int | None, typer.Option(help="Listen backlog, 0 = somaxconn [TRACKGATE_BACKLOG]")
+        int | None,
+        typer.Option(help="Listen backlog, 0 = somaxconn [TRACKGATE_BACKLOG]"),
     ] = None,
     key_prefix: Annotated[
         str | None, typer.Option(help="Redis key prefix [TRACKGATE_KEY_PREFIX]")
@@ -49,10 +52,15 @@ def ingest(
     from trackgate.ingest.supervisor import Supervisor
 
     given: dict[str, Any] = {
-        "host": host, "port": port, "redis_url": redis_url, "workers": workers,
-        "admin_port": admin_port, "backlog": backlog, "key_prefix": key_prefix,
+        "host": host,
+        "port": port,
+        "redis_url": redis_url,
+        "workers": workers,
+        "admin_port": admin_port,
+        "backlog": backlog,
+        "key_prefix": key_prefix,
         "log_level": log_level,
-    }  # fmt: skip
+    }
     try:
         settings = IngestSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     fleet = "fleet"
     throughput = "throughput"
     storm = "storm"
@@ -22,19 +22,25 @@ def register(app: typer.Typer) -> None:
 
 
 def simulate(
-    mode: Annotated[Mode, typer.Argument(help="fleet, throughput, storm or hold")] = Mode.fleet,
+    mode: Annotated[
+        Mode, typer.Argument(help="fleet, throughput, storm or hold")
+    ] = Mode.fleet,
     host: Annotated[str, typer.Option(help="Gateway address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway tracker port")] = 5027,
     devices: Annotated[int, typer.Option(help="Devices (fleet, throughput)")] = 5,
     packets: Annotated[int, typer.Option(help="Packets per device")] = 10,
     records: Annotated[int, typer.Option(help="Records per packet")] = 3,
-    interval: Annotated[float, typer.Option(help="Seconds between packets (fleet)")] = 2.0,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between packets (fleet)")
+    ] = 2.0,
     codec: Annotated[str, typer.Option(help="8, 8E or 16")] = "8E",
     connections: Annotated[int, typer.Option(help="Connections (storm)")] = 1000,
     sessions: Annotated[int, typer.Option(help="Idle sessions (hold)")] = 1000,
     seconds: Annotated[float, typer.Option(help="How long to hold (hold)")] = 10.0,
     first_imei: Annotated[int, typer.Option(help="Offset of the first IMEI")] = 0,
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option(help="Give up after this many seconds")
+    ] = 300.0,
 ) -> None:
     """Send simulated Teltonika devices to a gateway and print a JSON summary.
 
@@ -64,16 +70,34 @@ def simulate(
 
     async def run(advance: Any) -> dict[str, Any]:
         if mode is Mode.storm:
-            return await load.storm(host, port, connections=connections,
-                                    progress=advance, first_imei=first_imei)  # fmt: skip
+            return await load.storm(
+                host,
+                port,
+                connections=connections,
+                progress=advance,
+                first_imei=first_imei,
+            )
         if mode is Mode.hold:
-            return await load.hold(host, port, sessions=sessions, seconds=seconds,
-                                   progress=advance, first_imei=first_imei)  # fmt: skip
+            return await load.hold(
+                host,
+                port,
+                sessions=sessions,
+                seconds=seconds,
+                progress=advance,
+                first_imei=first_imei,
+            )
         return await throughput(
-            host, port, devices=devices, packets=packets, records=records,
-            codec=codec_id, timeout=timeout, progress=advance, first_imei=first_imei,
+            host,
+            port,
+            devices=devices,
+            packets=packets,
+            records=records,
+            codec=codec_id,
+            timeout=timeout,
+            progress=advance,
+            first_imei=first_imei,
             interval=interval if mode is Mode.fleet else 0.0,
-        )  # fmt: skip
+        )
 
     with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
         task = bar.add_task(mode.value, total=total)
@@ -86,7 +110,12 @@ def simulate(
                 done[0] += value
                 bar.update(task, completed=done[0])
 
-        summary = asyncio.run(run(advance))
+        try:
+            import uvloop
+        except ImportError:
+            summary = asyncio.run(run(advance))
+        else:
+            summary = uvloop.run(run(advance))
     typer.echo(json.dumps(summary, indent=2))
     failed = summary.get("devices_failed") or summary.get("refused")
     raise typer.Exit(1 if failed else 0)

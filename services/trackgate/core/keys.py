@@ -23,7 +23,9 @@ class Keys:
         if self.shards < 1:
             raise ValueError(f"stream shard count must be >= 1, got {self.shards}")
         if not self.prefix or any(c in self.prefix for c in "{} "):
-            raise ValueError(f"key prefix must be non-empty, no braces or spaces: {self.prefix!r}")
+            raise ValueError(
+                f"key prefix must be non-empty, no braces or spaces: {self.prefix!r}"
+            )
 
     def shard_of(self, imei: str) -> int:
         """The stream shard that holds this device's records."""

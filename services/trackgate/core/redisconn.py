@@ -35,12 +35,33 @@ def is_cluster_url(url: str) -> bool:
     return _split_cluster(url)[1]
 
 
-def async_client(url: str, **options: Any) -> AsyncClient:
-    """An asyncio client for ``url``; ``options`` go to redis-py unchanged."""
+#: Connections one client opens at most. redis-py's own pool raises
+#: "Too many connections" past its limit; a reconnect storm (thousands of
+#: sessions starting at once) must wait for a connection instead.
+DEFAULT_MAX_CONNECTIONS = 64
+#: How long a command waits for a free connection before failing.
+POOL_TIMEOUT_S = 20.0
+
+
+def async_client(
+    url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS, **options: Any
+) -> AsyncClient:
+    """An asyncio client for ``url``; ``options`` go to redis-py unchanged.
+
+    On a single server, commands beyond ``max_connections`` wait for a free
+    connection (up to ``POOL_TIMEOUT_S``). redis-py's cluster client has no
+    waiting pool: it fails fast past ``max_connections`` per node, so callers
+    bound their own concurrency on a cluster.
+    """
     plain, cluster = _split_cluster(url)
     if cluster:
-        return AsyncRedisCluster.from_url(plain, **options)
-    return aioredis.Redis.from_url(plain, **options)
+        return AsyncRedisCluster.from_url(
+            plain, max_connections=max_connections, **options
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        plain, max_connections=max_connections, timeout=POOL_TIMEOUT_S, **options
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def sync_client(url: str, **options: Any) -> SyncClient:

@@ -26,13 +26,16 @@ class CommonSettings(BaseSettings):
     )
     key_prefix: str = Field("trackgate", description="Prefix of every Redis key.")
     stream_shards: int = Field(
-        1, ge=1, le=1024, description="Number of record streams; devices are spread by IMEI."
+        1,
+        ge=1,
+        le=1024,
+        description="Number of record streams; devices are spread by IMEI.",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json")
     pod_name: str = Field(
         default_factory=socket.gethostname,
-        description="Name of this instance in device hashes (the pod name in Kubernetes).",
+        description="This instance in device hashes (the pod name in Kubernetes).",
     )
 
     def keys(self) -> Keys:

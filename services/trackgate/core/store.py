@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
+import orjson
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from trackgate.core.keys import Keys
@@ -41,6 +42,10 @@ DEFAULT_DEDUP_WINDOW = 512
 DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
 
 DIGEST_SIZE = 8
+
+#: Commands of one batch in flight at once on a Redis Cluster: below the
+#: client's connections per node, so a large batch waits instead of failing.
+CLUSTER_CONCURRENCY = 32
 
 RetentionStrategy = Literal["age", "length", "none"]
 
@@ -115,28 +120,54 @@ def record_digest(codec: int, record: AvlRecord) -> bytes:
     ).digest()
 
 
+#: The stream entry's fields, in the order :func:`record_values` joins them.
+FIELD_NAMES = (
+    "imei",
+    "timestamp",
+    "received_at",
+    "priority",
+    "longitude",
+    "latitude",
+    "altitude",
+    "angle",
+    "satellites",
+    "speed",
+    "event_id",
+    "io",
+    "codec",
+    "transport",
+    "generation_type",
+)
+#: Joins the values of one record for the script; JSON escapes control
+#: characters and no other value can hold one, so it never occurs inside.
+SEP = "\x1f"
+_NAMES_ARG = SEP.join(FIELD_NAMES)
+
+
+def record_values(
+    imei: str, codec: int, record: AvlRecord, received_at: str, transport: str
+) -> str:
+    """The stream entry of one record: its values joined in FIELD_NAMES order."""
+    r = record
+    generation = "" if r.generation_type is None else str(r.generation_type)
+    io = orjson.dumps(r.io).decode()
+    return (
+        f"{imei}\x1f{r.timestamp}\x1f{received_at}\x1f{r.priority}\x1f"
+        f"{r.longitude!r}\x1f{r.latitude!r}\x1f{r.altitude}\x1f{r.angle}\x1f"
+        f"{r.satellites}\x1f{r.speed}\x1f{r.event_id}\x1f{io}\x1f{codec}\x1f"
+        f"{transport}\x1f{generation}"
+    )
+
+
 def record_fields(
     imei: str, codec: int, record: AvlRecord, received_at: str, transport: str
 ) -> list[str]:
     """The stream entry of one record as a flat field/value list."""
-    fields = [
-        "imei", imei,
-        "timestamp", str(record.timestamp),
-        "received_at", received_at,
-        "priority", str(record.priority),
-        "longitude", repr(record.longitude),
-        "latitude", repr(record.latitude),
-        "altitude", str(record.altitude),
-        "angle", str(record.angle),
-        "satellites", str(record.satellites),
-        "speed", str(record.speed),
-        "event_id", str(record.event_id),
-        "io", json.dumps(record.io, separators=(",", ":")),
-        "codec", str(codec),
-        "transport", transport,
-    ]  # fmt: skip
-    if record.generation_type is not None:
-        fields += ("generation_type", str(record.generation_type))
+    values = record_values(imei, codec, record, received_at, transport).split(SEP)
+    fields: list[str] = []
+    for name, value in zip(FIELD_NAMES, values, strict=True):
+        if value:
+            fields += (name, value)
     return fields
 
 
@@ -170,11 +201,14 @@ class RecordStore:
             for command, args in calls:
                 pipe.execute_command(command, *args)
             return list(await pipe.execute(raise_on_error=False))
+        limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
+
+        async def run(command: str, args: tuple[Any, ...]) -> Any:
+            async with limit:
+                return await self.client.execute_command(command, *args)
+
         return list(
-            await asyncio.gather(
-                *(self.client.execute_command(c, *a) for c, a in calls),
-                return_exceptions=True,
-            )
+            await asyncio.gather(*(run(c, a) for c, a in calls), return_exceptions=True)
         )
 
     async def load_scripts(self) -> None:
@@ -212,20 +246,20 @@ class RecordStore:
 
         calls: list[tuple[str, tuple[Any, ...]]] = []
         for packet in packets:
-            args: list[Any] = [window_bytes, ttl, *trim]
+            args: list[Any] = [window_bytes, ttl, *trim, _NAMES_ARG]
             received_at = str(packet.received_at)
+            imei, codec, transport = packet.imei, packet.codec, packet.transport
             for record in packet.records:
-                fields = record_fields(
-                    packet.imei, packet.codec, record, received_at, packet.transport
-                )
-                args += (record_digest(packet.codec, record), len(fields) // 2)
-                args += fields
+                args.append(record_digest(codec, record))
+                args.append(record_values(imei, codec, record, received_at, transport))
             stream = self.keys.records_for(packet.imei)
             dedup = self.keys.dedup(packet.imei)
             device = self.keys.device(packet.imei)
             calls.append(("EVALSHA", (records_sha, 2, stream, dedup, *args)))
             calls.append(("EVALSHA", (device_sha, 1, device, *_device_args(packet))))
-            calls.append(("ZADD", (self.keys.devices(), packet.received_at, packet.imei)))
+            calls.append(
+                ("ZADD", (self.keys.devices(), packet.received_at, packet.imei))
+            )
         if self.wait_aof is not None:
             calls.append(("WAITAOF", self.wait_aof))
         replies = await self._execute(calls)
@@ -257,9 +291,13 @@ def _device_args(packet: PacketWrite) -> list[str]:
     if latest is None:
         return head + counts + ["", "", "", "", "", "", "", ""] + tail
     position = [
-        repr(latest.latitude), repr(latest.longitude), str(latest.altitude),
-        str(latest.angle), str(latest.speed), str(latest.satellites),
-    ]  # fmt: skip
+        repr(latest.latitude),
+        repr(latest.longitude),
+        str(latest.altitude),
+        str(latest.angle),
+        str(latest.speed),
+        str(latest.satellites),
+    ]
     lag = str(packet.received_at - latest.timestamp)
     return head + counts + [lag, str(latest.timestamp), *position] + tail
 
@@ -292,25 +330,42 @@ class SessionStore:
     keys: Keys
 
     async def opened(
-        self, imei: str, session_id: str, *, pod: str, worker: str, peer: str,
+        self,
+        imei: str,
+        session_id: str,
+        *,
+        pod: str,
+        worker: str,
+        peer: str,
         started_at: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Record the new session as the device's owner and tell the others."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(
             self.keys.device(imei),
             mapping={
-                "imei": imei, "connected": "1", "session_id": session_id,
-                "session_start": started_at, "seen_at": started_at, "pod": pod,
-                "worker": worker, "peer": peer, "transport": "tcp",
+                "imei": imei,
+                "connected": "1",
+                "session_id": session_id,
+                "session_start": started_at,
+                "seen_at": started_at,
+                "pod": pod,
+                "worker": worker,
+                "peer": peer,
+                "transport": "tcp",
             },
-        )  # fmt: skip
+        )
         pipe.zadd(self.keys.devices(), {imei: started_at})
         await pipe.execute()
-        await self.publish({
-            "type": "session", "imei": imei, "session_id": session_id,
-            "started_at": started_at, "origin": f"{pod}/{worker}",
-        })  # fmt: skip
+        await self.publish(
+            {
+                "type": "session",
+                "imei": imei,
+                "session_id": session_id,
+                "started_at": started_at,
+                "origin": f"{pod}/{worker}",
+            }
+        )
 
     async def closed(self, imei: str, session_id: str, at: int) -> bool:
         """Mark the device disconnected, unless a newer session owns it now."""

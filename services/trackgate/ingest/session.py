@@ -40,10 +40,21 @@ class TcpSession(asyncio.Protocol):
     """A tracker's TCP connection, from accept to close."""
 
     __slots__ = (
-        "worker", "transport", "conn", "peer", "peer_ip", "imei", "session_id",
-        "started_at", "last_seen", "pending", "closed_reason", "replaced",
-        "first_packet", "_packet_read_at",
-    )  # fmt: skip
+        "worker",
+        "transport",
+        "conn",
+        "peer",
+        "peer_ip",
+        "imei",
+        "session_id",
+        "started_at",
+        "last_seen",
+        "pending",
+        "closed_reason",
+        "replaced",
+        "first_packet",
+        "_packet_read_at",
+    )
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -186,7 +197,9 @@ class TcpSession(asyncio.Protocol):
             return
         assert self.transport is not None
         self.transport.write(tcp_ack(result.accepted))
-        self.worker.packet_acked(self, result, time.perf_counter() - self._packet_read_at)
+        self.worker.packet_acked(
+            self, result, time.perf_counter() - self._packet_read_at
+        )
         self.transport.resume_reading()
         self._pump()
 

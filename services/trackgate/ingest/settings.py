@@ -24,57 +24,69 @@ class IngestSettings(CommonSettings):
         0, ge=0, description="listen() backlog; 0 = net.core.somaxconn, followed."
     )
     max_packet_size: int = Field(
-        DEFAULT_MAX_PACKET_SIZE, ge=64, le=1 << 20,
+        DEFAULT_MAX_PACKET_SIZE,
+        ge=64,
+        le=1 << 20,
         description="Largest frame accepted; a longer length field closes the link.",
-    )  # fmt: skip
+    )
     max_connections: int = Field(
         50_000, ge=1, description="Open TCP connections per worker."
     )
     max_connections_per_ip: int = Field(
-        2_000, ge=1,
+        2_000,
+        ge=1,
         description="Per source address and worker; carriers' NAT puts many "
         "devices behind one address, so keep it generous.",
-    )  # fmt: skip
+    )
     handshake_timeout_s: float = Field(
         15.0, gt=0, description="Close a connection that sent no IMEI by then."
     )
     idle_timeout_s: float = Field(
-        1800.0, gt=0,
+        1800.0,
+        gt=0,
         description="Close a session silent this long; above the devices' open "
         "link timeout and keep-alive period.",
-    )  # fmt: skip
+    )
     keepalive_idle_s: int = Field(60, ge=1, description="TCP_KEEPIDLE")
     keepalive_interval_s: int = Field(15, ge=1, description="TCP_KEEPINTVL")
     keepalive_count: int = Field(4, ge=1, description="TCP_KEEPCNT")
     user_timeout_s: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="TCP_USER_TIMEOUT in s; 0 = idle + interval x count, so one "
         "bound covers idle links and unacknowledged data alike.",
-    )  # fmt: skip
+    )
     store_timeout_s: float = Field(
-        20.0, gt=0,
+        20.0,
+        gt=0,
         description="How long a packet waits for Redis before the link is closed "
         "unACKed (the device resends it).",
-    )  # fmt: skip
+    )
     drain_seconds: float = Field(
         20.0, ge=0, description="Grace period on SIGTERM before sessions are cut."
     )
     burst_threshold_s: int = Field(
-        600, ge=1, description="A reconnect followed by records older than this "
-        "is counted as a burst."
-    )  # fmt: skip
+        600,
+        ge=1,
+        description="A reconnect followed by records older than this "
+        "is counted as a burst.",
+    )
     dedup_window: int = Field(
-        DEFAULT_DEDUP_WINDOW, ge=16, le=65536,
+        DEFAULT_DEDUP_WINDOW,
+        ge=16,
+        le=65536,
         description="Record digests remembered per device to recognise resends.",
-    )  # fmt: skip
+    )
     dedup_ttl_s: int = Field(
-        DEFAULT_DEDUP_TTL_S, ge=60,
+        DEFAULT_DEDUP_TTL_S,
+        ge=60,
         description="A silent device's dedup window expires after this.",
-    )  # fmt: skip
+    )
     retention: str = Field(
-        "age", pattern="^(age|length|none)$",
+        "age",
+        pattern="^(age|length|none)$",
         description="How streams are trimmed: by age, by length, or never.",
-    )  # fmt: skip
+    )
     retention_age_s: int = Field(
         7 * 86400, ge=60, description="Age retention: entries older than this go."
     )
@@ -82,10 +94,13 @@ class IngestSettings(CommonSettings):
         10_000_000, ge=1000, description="Length retention: entries kept per shard."
     )
     wait_aof: str = Field(
-        "", pattern=r"^(|\d+,\d+,\d+)$",
+        "",
+        pattern=r"^(|\d+,\d+,\d+)$",
         description="'numlocal,numreplicas,timeout_ms': WAITAOF before ACKing.",
-    )  # fmt: skip
-    write_batch: int = Field(256, ge=1, le=10_000, description="Packets per Redis write")
+    )
+    write_batch: int = Field(
+        256, ge=1, le=10_000, description="Packets per Redis write"
+    )
     command_codec14: bool = Field(
         False, description="Send queued commands as Codec 14 (IMEI-checked)."
     )

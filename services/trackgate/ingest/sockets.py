@@ -37,7 +37,9 @@ def read_somaxconn() -> int:
         return FALLBACK_SOMAXCONN
 
 
-def open_listeners(host: str, port: int, kind: socket.SocketKind) -> list[socket.socket]:
+def open_listeners(
+    host: str, port: int, kind: socket.SocketKind
+) -> list[socket.socket]:
     """Bound (not yet listening) sockets for every address ``host`` names."""
     sockets = []
     infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)

@@ -79,9 +79,9 @@ def worker_env(settings: IngestSettings) -> dict[str, str]:
     """The environment that gives a worker exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKGATE_")}
     for name, value in settings.model_dump().items():
-        env[f"TRACKGATE_{name.upper()}"] = str(value).lower() if isinstance(
-            value, bool
-        ) else str(value)
+        env[f"TRACKGATE_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
     return env
 
 
@@ -89,7 +89,8 @@ class Supervisor:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.workers = [
-            WorkerProcess(i, _free_loopback_port()) for i in range(worker_count(settings))
+            WorkerProcess(i, _free_loopback_port())
+            for i in range(worker_count(settings))
         ]
         self.stopping = False
         self._session: aiohttp.ClientSession | None = None
@@ -105,8 +106,10 @@ class Supervisor:
         watchers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         log.info(
             "ingest started workers=%d port=%d admin_port=%d",
-            len(self.workers), self.settings.port, self.settings.admin_port,
-        )  # fmt: skip
+            len(self.workers),
+            self.settings.port,
+            self.settings.admin_port,
+        )
         done, _ = await asyncio.wait(
             [asyncio.create_task(stop.wait()), *watchers],
             return_when=asyncio.FIRST_COMPLETED,
@@ -131,20 +134,25 @@ class Supervisor:
             log.warning(
                 "the kernel caps the listen backlog at net.core.somaxconn=%d, "
                 "below the %d asked for: raise it (see docs/deploy.md)",
-                somaxconn, self.settings.backlog,
-            )  # fmt: skip
+                somaxconn,
+                self.settings.backlog,
+            )
         elif somaxconn < LOW_SOMAXCONN:
             log.warning(
                 "net.core.somaxconn=%d is low for reconnect storms; SYNs will be "
-                "dropped once the accept queue is full", somaxconn,
-            )  # fmt: skip
+                "dropped once the accept queue is full",
+                somaxconn,
+            )
 
     async def _spawn(self, worker: WorkerProcess) -> None:
         worker.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trackgate.ingest.worker_main",
-            str(worker.index), str(worker.admin_port),
+            sys.executable,
+            "-m",
+            "trackgate.ingest.worker_main",
+            str(worker.index),
+            str(worker.admin_port),
             env=worker_env(self.settings),
-        )  # fmt: skip
+        )
         worker.started = time.monotonic()
 
     async def _keep(self, worker: WorkerProcess) -> bool:
@@ -163,22 +171,30 @@ class Supervisor:
             if lived < QUICK_EXIT_S and worker.failures_in_row >= GIVE_UP_AFTER:
                 log.error(
                     "worker %d exits at start (code %d, %d times): giving up",
-                    worker.index, code, worker.failures_in_row,
-                )  # fmt: skip
+                    worker.index,
+                    code,
+                    worker.failures_in_row,
+                )
                 return False
             delay = RESTART_DELAYS[min(worker.failures_in_row, len(RESTART_DELAYS) - 1)]
             log.warning(
                 "worker %d exited with %d after %.1f s; restarting in %.1f s",
-                worker.index, code, lived, delay,
-            )  # fmt: skip
+                worker.index,
+                code,
+                lived,
+                delay,
+            )
             worker.restarts += 1
             await asyncio.sleep(delay)
         return True
 
     async def _stop_workers(self) -> None:
         self.stopping = True
-        running = [w.process for w in self.workers
-                   if w.process is not None and w.process.returncode is None]  # fmt: skip
+        running = [
+            w.process
+            for w in self.workers
+            if w.process is not None and w.process.returncode is None
+        ]
         for process in running:
             process.send_signal(signal.SIGTERM)
         grace = self.settings.drain_seconds + 5.0
@@ -189,8 +205,11 @@ class Supervisor:
         except TimeoutError:
             for process in running:
                 if process.returncode is None:
-                    log.warning("worker pid %d did not stop in %.0f s: killed",
-                                process.pid, grace)  # fmt: skip
+                    log.warning(
+                        "worker pid %d did not stop in %.0f s: killed",
+                        process.pid,
+                        grace,
+                    )
                     process.kill()
             await asyncio.gather(*(p.wait() for p in running))
 
@@ -225,11 +244,14 @@ class Supervisor:
             w.process is not None and w.process.returncode is None for w in self.workers
         ]
         status = 200 if all(alive) else 503
-        return web.json_response({"workers": len(alive), "alive": sum(alive)},
-                                 status=status)  # fmt: skip
+        return web.json_response(
+            {"workers": len(alive), "alive": sum(alive)}, status=status
+        )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        answers = await asyncio.gather(*(self._fetch(w, "/readyz") for w in self.workers))
+        answers = await asyncio.gather(
+            *(self._fetch(w, "/readyz") for w in self.workers)
+        )
         ready = [code == 200 for code, _ in answers]
         ok = all(ready) and not self.stopping
         return web.json_response(
@@ -238,9 +260,14 @@ class Supervisor:
         )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        answers = await asyncio.gather(*(self._fetch(w, "/metrics") for w in self.workers))
-        texts = {w.index: text for w, (code, text) in zip(self.workers, answers,
-                                                          strict=True) if code == 200}
+        answers = await asyncio.gather(
+            *(self._fetch(w, "/metrics") for w in self.workers)
+        )
+        texts = {
+            w.index: text
+            for w, (code, text) in zip(self.workers, answers, strict=True)
+            if code == 200
+        }
         body = merge_metrics(texts)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
@@ -255,17 +282,26 @@ class _Merged(Collector):
             for family in text_string_to_metric_families(text):
                 target = merged.get(family.name)
                 if target is None:
-                    target = Metric(family.name, family.documentation, family.type,
-                                    family.unit)  # fmt: skip
+                    target = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
                     merged[family.name] = target
                 for sample in family.samples:
                     labels = dict(sample.labels)
                     labels["worker"] = str(index)
-                    for scope in ("otel_scope_name", "otel_scope_version",
-                                  "otel_scope_schema_url"):  # fmt: skip
+                    for scope in (
+                        "otel_scope_name",
+                        "otel_scope_version",
+                        "otel_scope_schema_url",
+                    ):
                         labels.pop(scope, None)
-                    target.add_sample(sample.name, labels, sample.value,
-                                      sample.timestamp, sample.exemplar)  # fmt: skip
+                    target.add_sample(
+                        sample.name,
+                        labels,
+                        sample.value,
+                        sample.timestamp,
+                        sample.exemplar,
+                    )
         yield from merged.values()
 
 

@@ -44,12 +44,12 @@ from trackgate.core.store import (
     stream_health,
 )
 from trackgate.core.telemetry import Gauge
-from trackgate.ingest.commands import CommandCourier
-from trackgate.ingest.settings import IngestSettings
-from trackgate.ingest.session import TcpSession
 from trackgate.diagnostics.errors import KernelInterfaceError
 from trackgate.diagnostics.kernel import read_conntrack_stats, read_netstat
 from trackgate.diagnostics.sockets import listen_queue
+from trackgate.ingest.commands import CommandCourier
+from trackgate.ingest.session import TcpSession
+from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.sockets import configure_listener, open_listeners, read_somaxconn
 from trackgate.protocol import (
     GprsMessage,
@@ -63,6 +63,8 @@ log = logging.getLogger("trackgate.ingest")
 #: How often timeouts, somaxconn and the parent process are checked.
 SWEEP_INTERVAL_S = 1.0
 LOOP_LAG_INTERVAL_S = 0.25
+#: Session status writes in flight at once (see ``_bookkeeping``).
+BOOKKEEPING_CONCURRENCY = 16
 #: How often worker 0 reads stream lengths and consumer-group lag.
 STREAM_WATCH_INTERVAL_S = 30.0
 
@@ -80,12 +82,19 @@ class Worker:
             otlp_endpoint=settings.otlp_endpoint or None,
             trace_ratio=settings.trace_ratio,
         )
-        self.redis: AsyncClient = async_client(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=15,
-        )  # fmt: skip
+        redis_options: dict[str, Any] = {
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 15,
+        }
+        self.redis: AsyncClient = async_client(settings.redis_url, **redis_options)
+        # The write path has a client of its own: session bookkeeping and
+        # command traffic in a reconnect storm never delay a record.
+        self.store_redis: AsyncClient = async_client(
+            settings.redis_url, max_connections=8, **redis_options
+        )
         self.store = RecordStore(
-            self.redis,
+            self.store_redis,
             self.keys,
             retention=Retention(
                 strategy=settings.retention,  # type: ignore[arg-type]
@@ -100,14 +109,19 @@ class Worker:
         from trackgate.ingest.writer import BatchWriter
 
         self.writer = BatchWriter(
-            self.store, self.telemetry, max_batch=settings.write_batch,
+            self.store,
+            self.telemetry,
+            max_batch=settings.write_batch,
             timeout=settings.store_timeout_s,
-        )  # fmt: skip
+        )
         self.courier = CommandCourier(
-            self.redis, self.keys, codec14=settings.command_codec14,
+            self.redis,
+            self.keys,
+            codec14=settings.command_codec14,
             response_timeout=settings.command_response_timeout_s,
-            retry_delay=settings.command_retry_delay_s, pod=settings.pod_name,
-        )  # fmt: skip
+            retry_delay=settings.command_retry_delay_s,
+            pod=settings.pod_name,
+        )
         self.connections: set[TcpSession] = set()
         self.sessions: dict[str, TcpSession] = {}
         self.per_ip: Counter[str] = Counter()
@@ -120,6 +134,8 @@ class Worker:
         self.listening = False
         self.stream_report: list[StreamHealth] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: session status writes in flight; a storm queues here, not in Redis
+        self._bookkeeping = asyncio.Semaphore(BOOKKEEPING_CONCURRENCY)
         self._parent = os.getppid()
         self._register_gauges()
 
@@ -155,8 +171,11 @@ class Worker:
             self._spawn(self._watch_streams(), "streams")
         log.info(
             "worker listening worker=%s port=%d backlog=%d udp=%s",
-            self.name, self.settings.port, self.backlog, self.settings.udp,
-        )  # fmt: skip
+            self.name,
+            self.settings.port,
+            self.backlog,
+            self.settings.udp,
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight packets finish, close the rest."""
@@ -183,11 +202,14 @@ class Worker:
         # Let the closed sessions mark their devices disconnected.
         await asyncio.sleep(0.1)
         await self.redis.aclose()
+        await self.store_redis.aclose()
         self.telemetry.shutdown()
         log.info(
             "worker stopped worker=%s sessions_closed=%d unacked_in_flight=%d",
-            self.name, open_sessions, in_flight,
-        )  # fmt: skip
+            self.name,
+            open_sessions,
+            in_flight,
+        )
 
     @property
     def ready(self) -> bool:
@@ -225,8 +247,10 @@ class Worker:
             return
         log.info(
             "session ended imei=%s peer=%s reason=%s",
-            session.imei, session.peer, reason,
-        )  # fmt: skip
+            session.imei,
+            session.peer,
+            reason,
+        )
         if self.sessions.get(session.imei) is session:
             del self.sessions[session.imei]
         self.courier.session_ended(session)
@@ -261,25 +285,32 @@ class Worker:
 
     def record_lags(self, packet: PacketWrite) -> None:
         now_ms = packet.received_at
-        for record in packet.records:
-            self.telemetry.record_lag.record(max(now_ms - record.timestamp, 0) / 1000)
+        self.telemetry.record_lag.observe_many(
+            max(now_ms - record.timestamp, 0) / 1000 for record in packet.records
+        )
         if packet.burst:
             self.telemetry.bursts.add(1)
 
     def gprs_message(self, session: TcpSession, message: GprsMessage) -> None:
         log.debug(
             "device message imei=%s peer=%s codec=%d type=%d bytes=%d",
-            session.imei, session.peer, message.codec, message.type,
+            session.imei,
+            session.peer,
+            message.codec,
+            message.type,
             len(message.payload),
-        )  # fmt: skip
+        )
         self._spawn(self.courier.response_received(session, message), "commands")
 
     def refused(self, session: TcpSession, kind: str, detail: str) -> None:
         self.telemetry.packets_refused.add(1, {tm.ATTR_REASON: kind})
         log.warning(
             "packet not stored, not ACKed imei=%s peer=%s reason=%s detail=%s",
-            session.imei, session.peer, kind, detail,
-        )  # fmt: skip
+            session.imei,
+            session.peer,
+            kind,
+            detail,
+        )
 
     def decode_error(self, session: TcpSession, exc: RemoteProtocolError) -> None:
         self.telemetry.decode_errors.add(1, {tm.ATTR_KIND: exc.kind})
@@ -288,9 +319,13 @@ class Worker:
             log.warning(
                 "malformed input imei=%s peer=%s kind=%s fatal=%s detail=%s "
                 "suppressed_since=%d",
-                session.imei or "-", session.peer, exc.kind, exc.fatal, exc,
+                session.imei or "-",
+                session.peer,
+                exc.kind,
+                exc.fatal,
+                exc,
                 suppressed,
-            )  # fmt: skip
+            )
 
     # internals
 
@@ -306,8 +341,10 @@ class Worker:
         if allowed:
             log.warning(
                 "connection refused peer=%s reason=%s suppressed_since=%d",
-                session.peer, reason, suppressed,
-            )  # fmt: skip
+                session.peer,
+                reason,
+                suppressed,
+            )
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -317,17 +354,24 @@ class Worker:
     async def _announce(self, session: TcpSession) -> None:
         assert session.imei is not None
         try:
-            await self.sessions_store.opened(
-                session.imei, session.session_id, pod=self.settings.pod_name,
-                worker=str(self.index), peer=session.peer,
-                started_at=int(session.started_at * 1000),
-            )  # fmt: skip
+            async with self._bookkeeping:
+                await self.sessions_store.opened(
+                    session.imei,
+                    session.session_id,
+                    pod=self.settings.pod_name,
+                    worker=str(self.index),
+                    peer=session.peer,
+                    started_at=int(session.started_at * 1000),
+                )
         except Exception as exc:  # noqa: BLE001 - status only; records are safe
             log.warning("session status not written imei=%s: %s", session.imei, exc)
 
     async def _mark_closed(self, imei: str, session_id: str) -> None:
         try:
-            await self.sessions_store.closed(imei, session_id, int(time.time() * 1000))
+            async with self._bookkeeping:
+                await self.sessions_store.closed(
+                    imei, session_id, int(time.time() * 1000)
+                )
         except Exception as exc:  # noqa: BLE001 - status only
             log.warning("session end not written imei=%s: %s", imei, exc)
 
@@ -357,9 +401,17 @@ class Worker:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     def _timeout(self, session: TcpSession, reason: str) -> None:
-        log.info(
-            "closing imei=%s peer=%s reason=%s", session.imei or "-", session.peer, reason
-        )
+        # A storm of silent connections times out together: one line per
+        # address and minute, the rest are counted in sessions_closed.
+        allowed, suppressed = self.limiter.allow(f"{reason}:{session.peer_ip}")
+        if allowed:
+            log.info(
+                "closing imei=%s peer=%s reason=%s suppressed_since=%d",
+                session.imei or "-",
+                session.peer,
+                reason,
+                suppressed,
+            )
         session.abort(reason)
 
     def _follow_somaxconn(self) -> None:
@@ -369,8 +421,12 @@ class Worker:
         if limit > self.backlog:
             for sock in self.listeners:
                 sock.listen(limit)
-            log.info("listen backlog raised worker=%s from=%d to=%d",
-                     self.name, self.backlog, limit)  # fmt: skip
+            log.info(
+                "listen backlog raised worker=%s from=%d to=%d",
+                self.name,
+                self.backlog,
+                limit,
+            )
             self.backlog = limit
 
     async def _bus(self) -> None:
@@ -436,15 +492,20 @@ class Worker:
                 for group in stream.groups:
                     if not group.at_risk:
                         continue
-                    allowed, _ = self.limiter.allow(f"trim:{stream.stream}:{group.group}")
+                    allowed, _ = self.limiter.allow(
+                        f"trim:{stream.stream}:{group.group}"
+                    )
                     if allowed:
                         log.warning(
                             "retention will trim entries consumer group %s has not "
                             "read: stream=%s lag=%s headroom=%s (%s retention); "
                             "speed up the consumer or raise TRACKGATE_RETENTION_*",
-                            group.group, stream.stream, group.lag, group.headroom,
+                            group.group,
+                            stream.stream,
+                            group.lag,
+                            group.headroom,
                             self.store.retention.strategy,
-                        )  # fmt: skip
+                        )
             await asyncio.sleep(STREAM_WATCH_INTERVAL_S)
 
     async def _loop_lag(self) -> None:
@@ -498,19 +559,30 @@ class Worker:
                     for group in stream.groups:
                         v = value(stream, group)
                         if v is not None:
-                            out.append((v, {"stream": stream.stream, "group": group.group}))
+                            out.append(
+                                (v, {"stream": stream.stream, "group": group.group})
+                            )
                 return out
 
             return read
 
         t.gauge(
-            "trackgate.stream.length", "Entries in each records stream",
-            lambda: [(float(s.length), {"stream": s.stream}) for s in self.stream_report],
-        )  # fmt: skip
-        t.gauge("trackgate.consumer_group.lag", "Entries a group has not read yet",
-                rows(lambda _s, g: None if g.lag is None else float(g.lag)))  # fmt: skip
-        t.gauge("trackgate.consumer_group.pending", "Entries read but not acknowledged",
-                rows(lambda _s, g: float(g.pending)))  # fmt: skip
+            "trackgate.stream.length",
+            "Entries in each records stream",
+            lambda: [
+                (float(s.length), {"stream": s.stream}) for s in self.stream_report
+            ],
+        )
+        t.gauge(
+            "trackgate.consumer_group.lag",
+            "Entries a group has not read yet",
+            rows(lambda _s, g: None if g.lag is None else float(g.lag)),
+        )
+        t.gauge(
+            "trackgate.consumer_group.pending",
+            "Entries read but not acknowledged",
+            rows(lambda _s, g: float(g.pending)),
+        )
         t.gauge(
             "trackgate.consumer_group.trim_headroom",
             "Seconds (age retention) or entries (length retention) before unread "
@@ -523,7 +595,9 @@ class Worker:
         for name, counter, what in KERNEL_COUNTERS:
             t.counter(name, what, _netstat_reader(counter))
 
-        def conntrack(field_name: str) -> Callable[[], list[tuple[float, dict[str, str]]]]:
+        def conntrack(
+            field_name: str,
+        ) -> Callable[[], list[tuple[float, dict[str, str]]]]:
             def read() -> list[tuple[float, dict[str, str]]]:
                 stats = read_conntrack_stats()
                 if stats is None:
@@ -538,23 +612,38 @@ class Worker:
         t.gauge("trackgate.conntrack.entries", "Conntrack entries", conntrack("count"))
         t.gauge("trackgate.conntrack.max", "nf_conntrack_max", conntrack("max"))
         for column in ("insert_failed", "drop", "early_drop"):
-            t.counter(f"trackgate.conntrack.{column}",
-                      f"Conntrack {column}, summed over CPUs", conntrack(column))  # fmt: skip
+            t.counter(
+                f"trackgate.conntrack.{column}",
+                f"Conntrack {column}, summed over CPUs",
+                conntrack(column),
+            )
 
 
 #: Counters of /proc/net/netstat exported as metrics (exported name, key, meaning).
 KERNEL_COUNTERS = (
-    ("trackgate.listen_overflows", "TcpExtListenOverflows",
-     "Connections dropped because an accept queue was full (this netns)"),
-    ("trackgate.listen_drops", "TcpExtListenDrops",
-     "SYNs and handshakes dropped at a listener, overflows included"),
-    ("trackgate.tcp_backlog_drops", "TcpExtTCPBacklogDrop",
-     "Segments dropped because a socket's backlog was full while it was busy; "
-     "not the accept queue"),
-    ("trackgate.syn_queue_drops", "TcpExtTCPReqQFullDrop",
-     "SYNs dropped because the SYN queue was full and cookies were off"),
+    (
+        "trackgate.listen_overflows",
+        "TcpExtListenOverflows",
+        "Connections dropped because an accept queue was full (this netns)",
+    ),
+    (
+        "trackgate.listen_drops",
+        "TcpExtListenDrops",
+        "SYNs and handshakes dropped at a listener, overflows included",
+    ),
+    (
+        "trackgate.tcp_backlog_drops",
+        "TcpExtTCPBacklogDrop",
+        "Segments dropped because a socket's backlog was full while it was busy; "
+        "not the accept queue",
+    ),
+    (
+        "trackgate.syn_queue_drops",
+        "TcpExtTCPReqQFullDrop",
+        "SYNs dropped because the SYN queue was full and cookies were off",
+    ),
     ("trackgate.syncookies_sent", "TcpExtSyncookiesSent", "SYN cookies sent"),
-)  # fmt: skip
+)
 
 
 def _stat_reader(stats: object, name: str) -> Gauge:
@@ -594,16 +683,24 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             if allowed:
                 log.warning(
                     "malformed datagram imei=- peer=%s kind=%s detail=%s "
-                    "suppressed_since=%d", peer, exc.kind, exc, suppressed,
-                )  # fmt: skip
+                    "suppressed_since=%d",
+                    peer,
+                    exc.kind,
+                    exc,
+                    suppressed,
+                )
             return
         if worker.stopping:
             return
         packet = datagram.packet
         write = PacketWrite(
-            imei=datagram.imei, codec=packet.codec, records=packet.records,
-            received_at=int(time.time() * 1000), transport="udp", peer=peer,
-        )  # fmt: skip
+            imei=datagram.imei,
+            codec=packet.codec,
+            records=packet.records,
+            received_at=int(time.time() * 1000),
+            transport="udp",
+            peer=peer,
+        )
         started = time.perf_counter()
         future = worker.writer.submit(write)
 
@@ -611,15 +708,25 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             try:
                 result = future.result()
             except StoreError as exc:
-                worker.telemetry.packets_refused.add(1, {tm.ATTR_REASON: "store_timeout"})
-                log.warning("datagram not stored, not ACKed imei=%s peer=%s: %s",
-                            datagram.imei, peer, exc)  # fmt: skip
+                worker.telemetry.packets_refused.add(
+                    1, {tm.ATTR_REASON: "store_timeout"}
+                )
+                log.warning(
+                    "datagram not stored, not ACKed imei=%s peer=%s: %s",
+                    datagram.imei,
+                    peer,
+                    exc,
+                )
                 return
             if not result.ok:
-                worker.telemetry.packets_refused.add(1, {tm.ATTR_REASON: "store_refused"})
+                worker.telemetry.packets_refused.add(
+                    1, {tm.ATTR_REASON: "store_refused"}
+                )
                 return
             if self.transport is not None and not self.transport.is_closing():
-                ack = udp_ack(datagram.packet_id, datagram.avl_packet_id, result.accepted)
+                ack = udp_ack(
+                    datagram.packet_id, datagram.avl_packet_id, result.accepted
+                )
                 self.transport.sendto(ack, addr)
             worker.telemetry.ack_latency.record(time.perf_counter() - started)
             attrs = {tm.ATTR_TRANSPORT: "udp"}
@@ -646,18 +753,21 @@ async def admin_app(worker: Worker) -> web.Application:
     """The worker's own /metrics, /healthz and /readyz (loopback only)."""
 
     async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=tm.prometheus_text(),
-                            content_type="text/plain", charset="utf-8")  # fmt: skip
+        return web.Response(
+            body=tm.prometheus_text(), content_type="text/plain", charset="utf-8"
+        )
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "worker": worker.name})
 
     async def readyz(_request: web.Request) -> web.Response:
         body = {
-            "ready": worker.ready, "listening": worker.listening,
-            "redis": worker.writer.healthy, "sessions": len(worker.sessions),
+            "ready": worker.ready,
+            "listening": worker.listening,
+            "redis": worker.writer.healthy,
+            "sessions": len(worker.sessions),
             "connections": len(worker.connections),
-        }  # fmt: skip
+        }
         return web.json_response(body, status=200 if worker.ready else 503)
 
     app = web.Application()

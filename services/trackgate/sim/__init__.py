@@ -14,6 +14,7 @@ knowledge of the server's internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -33,6 +34,9 @@ _PREAMBLE = b"\x00\x00\x00\x00"
 #: is of this order.
 MAX_COMMAND_FRAME = 2048
 
+#: The largest AVL packet Teltonika devices send (the protocol's own limit).
+DEVICE_MAX_PACKET = 1280
+
 CommandHandler = Callable[[str], str | None]
 
 
@@ -51,8 +55,12 @@ def default_command_handler(command: str) -> str | None:
 
 
 def make_records(
-    count: int, *, start_ms: int | None = None, step_ms: int = 1000,
-    codec: int = 0x8E, seed: int = 0,
+    count: int,
+    *,
+    start_ms: int | None = None,
+    step_ms: int = 1000,
+    codec: int = 0x8E,
+    seed: int = 0,
 ) -> list[AvlRecord]:
     """Plausible records: a vehicle driving a loop near Vilnius."""
     start = int(time.time() * 1000) if start_ms is None else start_ms
@@ -61,19 +69,31 @@ def make_records(
     for n in range(count):
         phase = (seed * 97 + n) / 50.0
         io: dict[str, int | str] = {
-            "239": 1, "240": 1, "21": rng.randint(1, 5), "66": 12000 + rng.randint(0, 900),
-            "16": 100_000 + n * 13, "11": 8_937_000_000_000_000_000 + seed,
-        }  # fmt: skip
+            "239": 1,
+            "240": 1,
+            "21": rng.randint(1, 5),
+            "66": 12000 + rng.randint(0, 900),
+            "16": 100_000 + n * 13,
+            "11": 8_937_000_000_000_000_000 + seed,
+        }
         if codec == 0x8E:
             io["256"] = b"WVWZZZ1JZXW000001".hex()
-        records.append(AvlRecord(
-            timestamp=start + n * step_ms, priority=0,
-            longitude=round(25.2797 + 0.01 * math.cos(phase), 7),
-            latitude=round(54.6872 + 0.01 * math.sin(phase), 7),
-            altitude=112, angle=int(phase * 57) % 360, satellites=9,
-            speed=40 + n % 20, event_id=0, io=io,
-            generation_type=5 if codec == 0x10 else None, raw=b"",
-        ))  # fmt: skip
+        records.append(
+            AvlRecord(
+                timestamp=start + n * step_ms,
+                priority=0,
+                longitude=round(25.2797 + 0.01 * math.cos(phase), 7),
+                latitude=round(54.6872 + 0.01 * math.sin(phase), 7),
+                altitude=112,
+                angle=int(phase * 57) % 360,
+                satellites=9,
+                speed=40 + n % 20,
+                event_id=0,
+                io=io,
+                generation_type=5 if codec == 0x10 else None,
+                raw=b"",
+            )
+        )
     return records
 
 
@@ -114,35 +134,57 @@ class SimDevice:
 
     @classmethod
     def with_records(
-        cls, imei: str, packets: int, records_per_packet: int, *, codec: int = 0x8E,
-        start_ms: int | None = None, seed: int = 0, **options: object,
-    ) -> SimDevice:  # fmt: skip
+        cls,
+        imei: str,
+        packets: int,
+        records_per_packet: int,
+        *,
+        codec: int = 0x8E,
+        start_ms: int | None = None,
+        seed: int = 0,
+        **options: object,
+    ) -> SimDevice:
         """A device with ``packets`` packets of recent records, pre-encoded."""
         now = int(time.time() * 1000)
-        start = now - packets * records_per_packet * 1000 if start_ms is None else start_ms
+        start = (
+            now - packets * records_per_packet * 1000 if start_ms is None else start_ms
+        )
         encoded = []
         for p in range(packets):
             records = make_records(
-                records_per_packet, start_ms=start + p * records_per_packet * 1000,
-                codec=codec, seed=seed,
-            )  # fmt: skip
-            encoded.append((encode_avl_packet(codec, records), records))
+                records_per_packet,
+                start_ms=start + p * records_per_packet * 1000,
+                codec=codec,
+                seed=seed,
+            )
+            frame = encode_avl_packet(codec, records)
+            if len(frame) > DEVICE_MAX_PACKET:
+                raise ValueError(
+                    f"{records_per_packet} records make a {len(frame)}-byte packet; "
+                    f"devices send at most {DEVICE_MAX_PACKET} bytes: use fewer records"
+                )
+            encoded.append((frame, records))
         return cls(imei, encoded, **options)  # type: ignore[arg-type]
 
     async def run(self, host: str, port: int, *, deadline: float | None = None) -> None:
         """Deliver every packet, reconnecting as needed, until ``deadline``."""
-        next_packet = 0
         failures = 0
-        while next_packet < len(self.packets):
+        while self.stats.packets_acked < len(self.packets):
             if deadline is not None and time.monotonic() > deadline:
-                raise DeviceError(f"{self.imei}: {next_packet} of "
-                                  f"{len(self.packets)} packets ACKed by the deadline")
+                raise DeviceError(
+                    f"{self.imei}: {self.stats.packets_acked} of "
+                    f"{len(self.packets)} packets ACKed by the deadline"
+                )
             try:
-                next_packet = await self._session(host, port, next_packet)
+                # A device resends only what was not ACKed: the next packet
+                # is the count of ACKed ones, whatever ended the session.
+                await self._session(host, port, self.stats.packets_acked)
                 failures = 0
             except (OSError, asyncio.IncompleteReadError, TimeoutError, DeviceError):
                 self.stats.connect_failures += 1
-                delay = self.reconnect_delays[min(failures, len(self.reconnect_delays) - 1)]
+                delay = self.reconnect_delays[
+                    min(failures, len(self.reconnect_delays) - 1)
+                ]
                 failures += 1
                 await asyncio.sleep(delay * (0.5 + random.random()))
 
@@ -180,10 +222,8 @@ class SimDevice:
             raise
         finally:
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
 
     async def _read_ack(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -227,7 +267,9 @@ class SimDevice:
         if answer is None:
             return
         if codec == 0x0E:
-            writer.write(encode_gprs_message(0x0E, 0x06, answer.encode(), imei=self.imei))
+            writer.write(
+                encode_gprs_message(0x0E, 0x06, answer.encode(), imei=self.imei)
+            )
         else:
             writer.write(encode_gprs_message(0x0C, 0x06, answer.encode()))
         self.stats.commands_answered += 1

@@ -8,8 +8,12 @@
 -- ARGV[3]  trim strategy: "none", "maxlen" or "minid"
 -- ARGV[4]  trim threshold (entry count for maxlen, an entry id for minid)
 -- ARGV[5]  0 or 1: the trim is approximate ("~")
--- ARGV[6..] per record: digest, field count n, then n field/value pairs
+-- ARGV[6]  the entry's field names, joined by the unit separator (0x1f)
+-- ARGV[7..] per record: its digest, then its values in the order of the
+--          names, joined by 0x1f; an empty value leaves its field out
 --
+-- One joined argument per record instead of 30 keeps the client's command
+-- packing, the largest cost of a write, small.
 -- Returns {stored, duplicates, first id or "", last id or ""}.
 local window = redis.call('HGET', KEYS[2], 'window') or ''
 local window_bytes = tonumber(ARGV[1])
@@ -25,22 +29,45 @@ local function seen(digest)
   end
 end
 
+local SEP = '\31'
+local names = {}
+for name in string.gmatch(ARGV[6], '[^\31]+') do names[#names + 1] = name end
+
+local function entry(values)
+  local args, pos = {}, 1
+  for k = 1, #names do
+    local stop = string.find(values, SEP, pos, true)
+    local value
+    if stop then
+      value = string.sub(values, pos, stop - 1)
+      pos = stop + 1
+    else
+      value = string.sub(values, pos)
+      pos = #values + 2
+    end
+    if value ~= '' then
+      args[#args + 1] = names[k]
+      args[#args + 1] = value
+    end
+  end
+  return args
+end
+
 local stored, duplicates = 0, 0
 local first_id, last_id = '', ''
-local i = 6
+local i = 7
 while i <= #ARGV do
   local digest = ARGV[i]
-  local n = tonumber(ARGV[i + 1])
   if seen(digest) then
     duplicates = duplicates + 1
   else
-    last_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + 2 * n))
+    last_id = redis.call('XADD', KEYS[1], '*', unpack(entry(ARGV[i + 1])))
     if first_id == '' then first_id = last_id end
     stored = stored + 1
     -- A packet may repeat a record; the second copy is a duplicate too.
     window = window .. digest
   end
-  i = i + 2 + 2 * n
+  i = i + 2
 end
 
 if duplicates > 0 then

@@ -10,12 +10,15 @@ import asyncio
 import sys
 
 from trackgate.core import logs
+from trackgate.core.limits import raise_fd_limit
 from trackgate.ingest.settings import IngestSettings
 
 
 def main(argv: list[str]) -> int:
     index, admin_port = int(argv[0]), int(argv[1])
     settings = IngestSettings()
+    # Every session is a file descriptor: allow what max_connections needs.
+    raise_fd_limit(settings.max_connections + 1024)
     logs.configure(settings.log_level, settings.log_format)
     from trackgate.ingest.worker import serve
 

@@ -8,12 +8,13 @@ its metrics.
 from __future__ import annotations
 
 import asyncio
-import resource
+import random
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from trackgate.core.limits import raise_fd_limit
 from trackgate.protocol import encode_imei
 from trackgate.sim import SimDevice, imei_for, percentile
 
@@ -22,14 +23,6 @@ Progress = Callable[[int], None]
 #: A connect slower than this went through a SYN retransmission (the first
 #: retransmit fires after 1 s): the SYN was dropped somewhere.
 SYN_RETRANSMIT_S = 0.9
-
-
-def raise_fd_limit() -> int:
-    """Allow as many open sockets as the hard limit permits."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def throughput(
@@ -62,6 +55,9 @@ async def throughput(
     deadline = time.monotonic() + timeout
 
     async def one(device: SimDevice) -> None:
+        if interval:
+            # Devices of a fleet are not in step: spread their first packets.
+            await asyncio.sleep(random.uniform(0, interval))
         async with limit:
             await device.run(host, port, deadline=deadline)
         if progress is not None:
@@ -93,12 +89,19 @@ async def storm(
     port: int,
     *,
     connections: int,
+    concurrency: int = 500,
     handshake: bool = True,
     hold: float = 1.0,
     progress: Progress | None = None,
     first_imei: int = 0,
 ) -> dict[str, Any]:
-    """Open N connections at once, as after a cell outage; time each connect."""
+    """Open N connections as fast as possible, as after a cell outage.
+
+    Up to ``concurrency`` connects are in flight at once: enough to overflow
+    any accept queue that is not drained, few enough that the time measured
+    is the kernel's and the gateway's, not this process's own event loop
+    working through thousands of callbacks.
+    """
     raise_fd_limit()
     loop = asyncio.get_running_loop()
     times: list[float] = []
@@ -107,23 +110,31 @@ async def storm(
     socks: list[socket.socket] = []
     done = 0
 
+    in_flight = asyncio.Semaphore(concurrency)
+
     async def one(index: int) -> None:
         nonlocal handshakes, done
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        started = time.perf_counter()
-        try:
-            await loop.sock_connect(sock, (host, port))
-            times.append(time.perf_counter() - started)
-            if handshake:
-                await loop.sock_sendall(sock, encode_imei(imei_for(first_imei + index)))
-                reply = await asyncio.wait_for(loop.sock_recv(sock, 1), 30)
-                handshakes += reply == b"\x01"
-            socks.append(sock)
-        except (OSError, TimeoutError) as exc:
-            key = type(exc).__name__
-            failures[key] = failures.get(key, 0) + 1
-            sock.close()
+        async with in_flight:
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                return
+            sock.setblocking(False)
+            started = time.perf_counter()
+            try:
+                await loop.sock_connect(sock, (host, port))
+                times.append(time.perf_counter() - started)
+                if handshake:
+                    imei = encode_imei(imei_for(first_imei + index))
+                    await loop.sock_sendall(sock, imei)
+                    reply = await asyncio.wait_for(loop.sock_recv(sock, 1), 30)
+                    handshakes += reply == b"\x01"
+                socks.append(sock)
+            except (OSError, TimeoutError) as exc:
+                key = type(exc).__name__
+                failures[key] = failures.get(key, 0) + 1
+                sock.close()
         done += 1
         if progress is not None:
             progress(done)
@@ -166,7 +177,11 @@ async def hold(
     async def one(index: int) -> None:
         nonlocal refused
         async with limit:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError:  # out of file descriptors: counted, not fatal
+                refused += 1
+                return
             sock.setblocking(False)
             try:
                 await loop.sock_connect(sock, (host, port))

@@ -7,7 +7,13 @@ import time
 import redis.asyncio as aioredis
 
 from trackgate.core.keys import Keys
-from trackgate.core.store import PacketWrite, RecordStore, Retention, stream_health
+from trackgate.core.store import (
+    PacketWrite,
+    RecordStore,
+    Retention,
+    StoreError,
+    stream_health,
+)
 from trackgate.protocol import decode_tcp_frame, encode_avl_packet
 from trackgate.sim import make_records
 
@@ -108,4 +114,23 @@ async def test_a_caught_up_group_is_not_at_risk(redis_url: str) -> None:
     await client.xgroup_create(stream, "bridge", id="$")
     [report] = await stream_health(client, keys, Retention())
     assert report.groups[0].lag == 0 and not report.groups[0].at_risk
+    await client.aclose()
+
+
+async def test_wait_aof_the_server_cannot_honour_is_refused_up_front(
+    redis_url: str,
+) -> None:
+    # The test server runs without AOF (and Redis 7.0 has no WAITAOF at
+    # all): either way a local fsync cannot be promised.
+    client = aioredis.Redis.from_url(redis_url)
+    store = RecordStore(client, Keys(), wait_aof=(1, 0, 100))
+    try:
+        await store.check_server()
+    except StoreError as exc:
+        assert "WAITAOF" in str(exc) and "7.2+" in str(exc)
+    else:
+        raise AssertionError("WAITAOF with numlocal=1 accepted without AOF")
+    # A write that asks for it anyway is not reported as stored.
+    [result] = await store.write([packet(make_records(1))])
+    assert not result.ok and "WAITAOF" in (result.error or "")
     await client.aclose()

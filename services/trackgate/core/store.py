@@ -211,6 +211,25 @@ class RecordStore:
             await asyncio.gather(*(run(c, a) for c, a in calls), return_exceptions=True)
         )
 
+    async def check_server(self) -> None:
+        """Refuse settings the server cannot honour (WAITAOF needs Redis 7.2).
+
+        Raises :class:`StoreError` with the reason.
+        """
+        if self.wait_aof is None:
+            return
+        if is_cluster_client(self.client):
+            raise StoreError("TRACKGATE_WAIT_AOF is not supported on a Redis Cluster")
+        local, replicas, _timeout = self.wait_aof
+        try:
+            # A 1 ms wait answers whether the server can honour the request.
+            await self.client.execute_command("WAITAOF", local, replicas, 1)
+        except ResponseError as exc:
+            raise StoreError(
+                f"TRACKGATE_WAIT_AOF is set but Redis refuses WAITAOF ({exc}); "
+                "it needs Redis 7.2+ and, for a local fsync, appendonly yes"
+            ) from exc
+
     async def load_scripts(self) -> None:
         """Load the Lua scripts (again after a Redis restart or failover)."""
         records = await self.client.script_load(STORE_RECORDS_LUA)

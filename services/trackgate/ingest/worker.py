@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from trackgate.core import telemetry as tm
 from trackgate.core.logs import LogLimiter
@@ -143,6 +144,10 @@ class Worker:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # A durability setting Redis cannot honour must stop the start, not
+        # refuse every packet later. An unreachable Redis is not an error here.
+        with contextlib.suppress(RedisError):
+            await self.store.check_server()
         self.backlog = self.settings.backlog or read_somaxconn()
         self.listeners = open_listeners(
             self.settings.host, self.settings.port, socket.SOCK_STREAM

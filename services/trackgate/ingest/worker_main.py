@@ -7,6 +7,7 @@ arguments and the settings in the environment.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from trackgate.core import logs
@@ -20,14 +21,23 @@ def main(argv: list[str]) -> int:
     # Every session is a file descriptor: allow what max_connections needs.
     raise_fd_limit(settings.max_connections + 1024)
     logs.configure(settings.log_level, settings.log_format)
+    from trackgate.core.store import StoreError
     from trackgate.ingest.worker import serve
 
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(settings, index, admin_port))
+        runner = asyncio.run
     else:
-        uvloop.run(serve(settings, index, admin_port))
+        runner = uvloop.run
+    try:
+        runner(serve(settings, index, admin_port))
+    except (StoreError, OSError) as exc:
+        # Bad settings or a taken port: one clear line, no traceback.
+        logging.getLogger("trackgate.ingest").error(
+            "worker %d cannot start: %s", index, exc
+        )
+        return 2
     return 0
 
 

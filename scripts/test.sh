@@ -11,5 +11,7 @@ echo "== layer contracts (import-linter)"
 lint-imports
 echo "== ruff"
 ruff check services tests
+echo "== mypy --strict"
+mypy
 echo "== pytest"
 exec pytest -q -p no:cacheprovider "$@"

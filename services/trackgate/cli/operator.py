@@ -45,7 +45,7 @@ def operator(
     from trackgate.operator.kube import ClusterAPI
     from trackgate.operator.settings import OperatorSettings
 
-    settings = OperatorSettings()  # type: ignore[call-arg]
+    settings = OperatorSettings()
     _logging(settings.log_level)
     run(Control(settings, ClusterAPI()), liveness_port)
 
@@ -90,7 +90,7 @@ def agent() -> None:
     from trackgate.operator.kube import ClusterAPI
     from trackgate.operator.settings import AgentSettings
 
-    settings = AgentSettings()  # type: ignore[call-arg]
+    settings = AgentSettings()
     _logging(settings.log_level)
     Agent(settings, ClusterAPI()).run()
 

@@ -23,16 +23,19 @@ def records(
     from trackgate.core.redisconn import sync_client
     from trackgate.core.settings import CommonSettings
 
-    settings = CommonSettings(**({"redis_url": redis_url} if redis_url else {}))
+    settings = (
+        CommonSettings() if redis_url is None else CommonSettings(redis_url=redis_url)
+    )
     keys = settings.keys()
     client = sync_client(settings.redis_url, decode_responses=True)
     streams = [keys.records_for(imei)] if imei else keys.all_records()
     found: list[tuple[str, dict[str, str]]] = []
+    page: list[tuple[str, dict[str, str]]]
     for stream in streams:
         # Scan back in pages until enough entries of the device are found.
         last = "+"
         while len(found) < count:
-            page = client.xrevrange(stream, max=last, count=500)
+            page = client.xrevrange(stream, max=last, count=500)  # type: ignore[assignment]
             if not page:
                 break
             for entry_id, fields in page:

@@ -436,7 +436,7 @@ async def stream_health(
     for stream in keys.all_records():
         length = int(await client.xlen(stream))
         first = await client.xrange(stream, count=1) if length else []
-        oldest = _id_ms(first[0][0]) if first else None
+        oldest = _id_ms(first[0][0]) if first and first[0][0] else None
         groups = []
         if length:
             for info in await client.xinfo_groups(stream):

@@ -211,7 +211,7 @@ class BulkHistogram:
         self.bounds = tuple(float(b) for b in bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.total = 0.0
-        REGISTRY.register(self)  # type: ignore[arg-type]
+        REGISTRY.register(self)
 
     def observe_many(self, values: Iterable[float]) -> None:
         counts, bounds = self.counts, self.bounds
@@ -243,7 +243,7 @@ class BulkHistogram:
     def unregister(self) -> None:
         from prometheus_client import REGISTRY
 
-        REGISTRY.unregister(self)  # type: ignore[arg-type]
+        REGISTRY.unregister(self)
 
 
 def _callback(read: Gauge) -> Callable[[CallbackOptions], Iterable[Observation]]:

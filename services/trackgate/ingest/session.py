@@ -62,7 +62,8 @@ class TcpSession(asyncio.Protocol):
         self.conn = TcpServerConnection(max_packet_size=worker.settings.max_packet_size)
         self.peer = "?"
         self.peer_ip = "?"
-        self.imei: str | None = None
+        #: empty until the IMEI was accepted
+        self.imei = ""
         self.session_id = ""
         self.started_at = time.time()
         self.last_seen = time.monotonic()
@@ -159,7 +160,7 @@ class TcpSession(asyncio.Protocol):
         self.worker.session_started(self)
 
     def _store(self, packet: AvlPacket) -> None:
-        assert self.imei is not None and self.transport is not None
+        assert self.imei and self.transport is not None
         self._packet_read_at = time.perf_counter()
         now_ms = int(time.time() * 1000)
         burst = False

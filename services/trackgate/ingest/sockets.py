@@ -41,7 +41,7 @@ def open_listeners(
     host: str, port: int, kind: socket.SocketKind
 ) -> list[socket.socket]:
     """Bound (not yet listening) sockets for every address ``host`` names."""
-    sockets = []
+    sockets: list[socket.socket] = []
     infos = socket.getaddrinfo(host or None, port, type=kind, flags=socket.AI_PASSIVE)
     seen = set()
     for family, socktype, proto, _name, address in infos:

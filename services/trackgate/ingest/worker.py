@@ -248,7 +248,7 @@ class Worker:
         self.telemetry.connections_active.add(-1)
         reason = session.closed_reason or "closed"
         self.telemetry.sessions_closed.add(1, {tm.ATTR_REASON: _reason_kind(reason)})
-        if session.imei is None:
+        if not session.imei:
             return
         log.info(
             "session ended imei=%s peer=%s reason=%s",
@@ -267,7 +267,7 @@ class Worker:
         return not self.stopping
 
     def session_started(self, session: TcpSession) -> None:
-        assert session.imei is not None
+        assert session.imei
         old = self.sessions.get(session.imei)
         if old is not None and old is not session:
             self._replace(old, "device connected again on this worker")
@@ -357,7 +357,7 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _announce(self, session: TcpSession) -> None:
-        assert session.imei is not None
+        assert session.imei
         try:
             async with self._bookkeeping:
                 await self.sessions_store.opened(
@@ -396,7 +396,7 @@ class Worker:
                 # The handshake deadline runs from the connect, not from the
                 # last byte: a login trickled a byte at a time is cut as well.
                 age = wall - session.started_at
-                if session.imei is None and age > s.handshake_timeout_s:
+                if not session.imei and age > s.handshake_timeout_s:
                     self._timeout(session, "handshake timeout")
                 elif session.pending is None and silent > s.idle_timeout_s:
                     self._timeout(session, "idle timeout")
@@ -450,13 +450,13 @@ class Worker:
         if is_cluster_url(self.settings.redis_url):
             # Classic pub/sub is broadcast cluster-wide: any node will do.
             client = async_client(pubsub_url(self.settings.redis_url))
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[union-attr]
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.events())
         try:
             async for message in pubsub.listen():
                 self._on_bus(message.get("data"))
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _on_bus(self, data: Any) -> None:
         try:

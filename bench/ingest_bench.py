@@ -107,7 +107,13 @@ def children(pid: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, kind: str, redis_url: str, workers: int) -> None:
+    def __init__(
+        self,
+        kind: str,
+        redis_url: str,
+        workers: int,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.admin = free_port()
@@ -132,6 +138,7 @@ class Server:
                 TRACKGATE_LOG_LEVEL="WARNING",
                 TRACKGATE_MAX_CONNECTIONS="100000",
                 TRACKGATE_MAX_CONNECTIONS_PER_IP="100000",
+                **(extra or {}),
             ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -60,11 +60,12 @@ def main() -> None:
     with redis_cluster() as cluster:
         results["cluster"] = run(cluster.url, load, opts.workers)
     for name, r in results.items():
+        ack: dict[str, float] = r["ack_latency_ms"]  # type: ignore[assignment]
         print(
             f"{name:8} acked/s {r['records_per_s']:>9}  "
             f"acked {r['records_acked']}/{r['records_sent']}  "
             f"in streams {r['records_in_streams']}  "
-            f"ACK p50 {r['ack_latency_ms']['p50']} ms p99 {r['ack_latency_ms']['p99']} ms"  # type: ignore[index]
+            f"ACK p50 {ack['p50']} ms p99 {ack['p99']} ms"
         )
     print(json.dumps(results, indent=2))
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.api.conftest import COMMANDS, COMMANDS_TOKEN, client_for
 from tests.support.servers import IngestProcess
 from tests.support.vectors import frame
+from trackgate.api.settings import ApiSettings
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import sync_client
 from trackgate.protocol import encode_imei
+from trackgate.sim import SimDevice
 
 IMEI = "356307042441013"
 
@@ -86,3 +91,44 @@ def test_reconnect_to_another_instance_takes_the_session_over(
     new.close()
     old.close()
     db.close()
+
+
+async def test_a_command_through_any_api_reaches_the_device_on_any_instance(
+    pods: tuple[str, IngestProcess, IngestProcess], tmp_path: Path
+) -> None:
+    url, a, b = pods
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"commands {COMMANDS_TOKEN}\n")
+    device = SimDevice.with_records(IMEI, 2, 1, codec=8, linger=20.0)
+
+    # The device starts on pod A, then comes back through pod B.
+    first = SimDevice(IMEI, device.packets[:1])
+    await first.run("127.0.0.1", a.port)
+    running = asyncio.create_task(device.run("127.0.0.1", b.port))
+    db = sync_client(url, decode_responses=True)
+    while db.hget(Keys().device(IMEI), "pod") != "pod-b":
+        await asyncio.sleep(0.05)
+
+    answers = []
+    for _api_instance in range(2):  # two API replicas, one Redis
+        settings = ApiSettings(redis_url=url, api_tokens_file=tokens)
+        async for api in client_for(settings):
+            queued = await api.post(
+                f"/v1/devices/{IMEI}/commands",
+                json={"text": "getver"},
+                headers=COMMANDS,
+            )
+            assert queued.status_code == 201, queued.text
+            command_url = f"/v1/devices/{IMEI}/commands/{queued.json()['id']}"
+            for _ in range(200):
+                command = (await api.get(command_url, headers=COMMANDS)).json()
+                if command["state"] == "answered":
+                    break
+                await asyncio.sleep(0.05)
+            answers.append(command)
+    running.cancel()
+    db.close()
+    assert [c["state"] for c in answers] == ["answered", "answered"]
+    assert all(c["response"].startswith("Ver:") for c in answers)
+    # Sent on pod B's session, the one the device hash names.
+    assert all("pod pod-b" in c["history"][1]["detail"] for c in answers)

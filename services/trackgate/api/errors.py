@@ -99,11 +99,6 @@ class Unavailable(ServiceError):
     code = "unavailable"
 
 
-class NotImplementedYet(ServiceError):
-    status = 501
-    code = "not_implemented"
-
-
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 

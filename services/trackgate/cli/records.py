@@ -35,7 +35,8 @@ def records(
         # Scan back in pages until enough entries of the device are found.
         last = "+"
         while len(found) < count:
-            page = client.xrevrange(stream, max=last, count=500)  # type: ignore[assignment]
+            reply = client.xrevrange(stream, max=last, count=500)
+            page = reply  # type: ignore[assignment]
             if not page:
                 break
             for entry_id, fields in page:

@@ -73,8 +73,12 @@ def test_reconnect_to_another_instance_takes_the_session_over(
     url, a, b = pods
     db = sync_client(url, decode_responses=True)
     old = login(a.port)
-    status = db.hgetall(Keys().device(IMEI))
-    assert status["pod"] == "pod-a" and status["connected"] == "1"
+    # The session's status is written beside the records, not before the ACK.
+    deadline = time.monotonic() + 5
+    while db.hget(Keys().device(IMEI), "pod") != "pod-a":
+        assert time.monotonic() < deadline, "session status never written"
+        time.sleep(0.02)
+    assert db.hget(Keys().device(IMEI), "connected") == "1"
 
     # The device's old link looks open (a lost FIN); it comes back via pod B.
     new = login(b.port)

@@ -68,5 +68,9 @@ class Keys:
     def command_rate(self, imei: str) -> str:
         return f"{self.prefix}:cmdrate:{{{imei}}}"
 
+    def holder(self, owner: str) -> str:
+        """IMEIs whose sessions one ingest worker holds (``pod/worker``)."""
+        return f"{self.prefix}:holder:{{{owner}}}"
+
     def events(self) -> str:
         return f"{self.prefix}:events"

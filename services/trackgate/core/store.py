@@ -341,6 +341,17 @@ return 0
 """
 
 
+RELEASE_LUA = """
+if redis.call('HGET', KEYS[1], 'connected') == '1'
+    and redis.call('HGET', KEYS[1], 'pod') == ARGV[1]
+    and redis.call('HGET', KEYS[1], 'worker') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'connected', '0', 'disconnected_at', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass
 class SessionStore:
     """Who holds a device's TCP session, in its status hash and on the bus."""
@@ -375,6 +386,7 @@ class SessionStore:
             },
         )
         pipe.zadd(self.keys.devices(), {imei: started_at})
+        pipe.sadd(self.keys.holder(f"{pod}/{worker}"), imei)
         await pipe.execute()
         await self.publish(
             {
@@ -386,12 +398,33 @@ class SessionStore:
             }
         )
 
-    async def closed(self, imei: str, session_id: str, at: int) -> bool:
+    async def closed(self, imei: str, session_id: str, at: int, owner: str) -> bool:
         """Mark the device disconnected, unless a newer session owns it now."""
+        await self.client.srem(self.keys.holder(owner), imei)
         done = await self.client.eval(
             SESSION_CLOSED_LUA, 1, self.keys.device(imei), session_id, str(at)
         )
         return bool(done)
+
+    async def release_all(self, pod: str, worker: str, at: int) -> int:
+        """After a crash: devices this worker held are no longer connected.
+
+        A worker that died (kill -9, OOM) could not mark its sessions ended;
+        its successor does, for every device whose hash still names this
+        worker as the holder. Returns how many were marked.
+        """
+        owner = f"{pod}/{worker}"
+        key = self.keys.holder(owner)
+        released = 0
+        for imei in await self.client.smembers(key):
+            name = imei.decode() if isinstance(imei, bytes) else str(imei)
+            released += int(
+                await self.client.eval(
+                    RELEASE_LUA, 1, self.keys.device(name), pod, worker, str(at)
+                )
+            )
+        await self.client.delete(key)
+        return released
 
     async def publish(self, message: dict[str, Any]) -> None:
         await self.client.publish(self.keys.events(), json.dumps(message))

@@ -55,11 +55,12 @@ def open_listeners(
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-        except OSError:
+        except OSError as exc:
             sock.close()
             for other in sockets:
                 other.close()
-            raise
+            where = f"{host or '*'}:{port}"
+            raise OSError(exc.errno, f"cannot bind {where}: {exc.strerror}") from exc
         sock.setblocking(False)
         sockets.append(sock)
     return sockets

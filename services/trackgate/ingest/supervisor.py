@@ -32,6 +32,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from trackgate.diagnostics.errors import DiagnosticsError
+from trackgate.diagnostics.sockets import listeners
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.sockets import read_somaxconn
 
@@ -66,6 +68,19 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """The address of a listener that already serves ``host:port``, if any."""
+    try:
+        rows = listeners(port)
+    except DiagnosticsError:
+        return None
+    wildcard = ("", "0.0.0.0", "::")
+    for row in rows:
+        if host in wildcard or row.address in wildcard or row.address == host:
+            return f"{row.address}:{row.port}"
+    return None
+
+
 def worker_count(settings: IngestSettings) -> int:
     if settings.workers:
         return settings.workers
@@ -96,6 +111,16 @@ class Supervisor:
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> int:
+        taken = port_taken(self.settings.host, self.settings.port)
+        if taken is not None:
+            # SO_REUSEPORT would let a second gateway share the port with the
+            # first one and quietly split the devices between them.
+            log.error(
+                "port %d is already served by %s (another gateway?): not starting",
+                self.settings.port,
+                taken,
+            )
+            return 2
         self._check_backlog()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

@@ -64,6 +64,11 @@ log = logging.getLogger("trackgate.ingest")
 #: How often timeouts, somaxconn and the parent process are checked.
 SWEEP_INTERVAL_S = 1.0
 LOOP_LAG_INTERVAL_S = 0.25
+#: How often and how patiently readiness asks Redis.
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+#: How long shutdown waits for devices to be marked disconnected.
+RELEASE_TIMEOUT_S = 3.0
 #: Session status writes in flight at once (see ``_bookkeeping``).
 BOOKKEEPING_CONCURRENCY = 16
 #: How often worker 0 reads stream lengths and consumer-group lag.
@@ -134,7 +139,11 @@ class Worker:
         self.stopping = False
         self.listening = False
         self.stream_report: list[StreamHealth] = []
+        #: the last Redis probe answered (readiness follows it both ways)
+        self.redis_ok = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: devices being marked disconnected; shutdown waits for them
+        self._closing: set[asyncio.Task[None]] = set()
         #: session status writes in flight; a storm queues here, not in Redis
         self._bookkeeping = asyncio.Semaphore(BOOKKEEPING_CONCURRENCY)
         self._parent = os.getppid()
@@ -148,6 +157,8 @@ class Worker:
         # refuse every packet later. An unreachable Redis is not an error here.
         with contextlib.suppress(RedisError):
             await self.store.check_server()
+        # Before listening: sessions a crashed predecessor held are over.
+        await self._release_previous()
         self.backlog = self.settings.backlog or read_somaxconn()
         self.listeners = open_listeners(
             self.settings.host, self.settings.port, socket.SOCK_STREAM
@@ -172,6 +183,7 @@ class Worker:
         self._spawn(self._bus(), "bus")
         self._spawn(self._loop_lag(), "loop-lag")
         self._spawn(self._warm_up(), "warm-up")
+        self._spawn(self._probe_redis(), "probe")
         if self.index == 0:
             self._spawn(self._watch_streams(), "streams")
         log.info(
@@ -201,11 +213,13 @@ class Worker:
             session.close("shutdown")
         await self.writer.close()
         await self.courier.close()
+        # Closed transports report connection_lost on the next loop turn.
+        await asyncio.sleep(0)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=RELEASE_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Let the closed sessions mark their devices disconnected.
-        await asyncio.sleep(0.1)
         await self.redis.aclose()
         await self.store_redis.aclose()
         self.telemetry.shutdown()
@@ -218,7 +232,13 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.listening and self.writer.healthy and not self.stopping
+        """Listening, Redis answering now, and not shutting down."""
+        return (
+            self.listening
+            and self.redis_ok
+            and self.writer.healthy
+            and not self.stopping
+        )
 
     # called by sessions
 
@@ -260,7 +280,11 @@ class Worker:
             del self.sessions[session.imei]
         self.courier.session_ended(session)
         if not session.replaced:
-            self._spawn(self._mark_closed(session.imei, session.session_id), "closed")
+            task = asyncio.create_task(
+                self._mark_closed(session.imei, session.session_id), name="closed"
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def accept_imei(self, imei: str) -> bool:
         self.telemetry.handshakes.add(1, {tm.ATTR_RESULT: "accepted"})
@@ -375,7 +399,7 @@ class Worker:
         try:
             async with self._bookkeeping:
                 await self.sessions_store.closed(
-                    imei, session_id, int(time.time() * 1000)
+                    imei, session_id, int(time.time() * 1000), self.name
                 )
         except Exception as exc:  # noqa: BLE001 - status only
             log.warning("session end not written imei=%s: %s", imei, exc)
@@ -383,6 +407,42 @@ class Worker:
     async def _warm_up(self) -> None:
         with contextlib.suppress(Exception):
             await self.store.load_scripts()
+
+    async def _release_previous(self) -> None:
+        try:
+            released = await asyncio.wait_for(
+                self.sessions_store.release_all(
+                    self.settings.pod_name, str(self.index), int(time.time() * 1000)
+                ),
+                RELEASE_TIMEOUT_S,
+            )
+        except Exception as exc:  # noqa: BLE001 - status only, retried next start
+            log.warning("sessions of a previous worker not released: %s", exc)
+            return
+        if released:
+            log.info(
+                "marked %d devices disconnected that a previous worker %s held",
+                released,
+                self.name,
+            )
+
+    async def _probe_redis(self) -> None:
+        """Readiness follows Redis both ways, with or without traffic."""
+        while True:
+            try:
+                await asyncio.wait_for(self.store_redis.ping(), PROBE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                if self.redis_ok:
+                    log.warning("redis does not answer: not ready")
+                self.redis_ok = False
+            else:
+                if not self.redis_ok:
+                    log.info("redis answers: ready worker=%s", self.name)
+                self.redis_ok = True
+                # A write that failed earlier does not keep us unready.
+                if not self.writer.queued:
+                    self.writer.healthy = True
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def _sweep(self) -> None:
         """Handshake and idle timeouts, somaxconn growth, orphaned worker."""
@@ -769,7 +829,7 @@ async def admin_app(worker: Worker) -> web.Application:
         body = {
             "ready": worker.ready,
             "listening": worker.listening,
-            "redis": worker.writer.healthy,
+            "redis": worker.redis_ok and worker.writer.healthy,
             "sessions": len(worker.sessions),
             "connections": len(worker.connections),
         }

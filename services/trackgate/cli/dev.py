@@ -27,10 +27,12 @@ def register(app: typer.Typer) -> None:
     app.command(name="dev")(dev)
 
 
-def _port_free(port: int) -> bool:
+def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As the servers will bind: connections in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
@@ -58,6 +60,9 @@ def _wait_port(
 
 
 def dev(
+    host: Annotated[
+        str, typer.Option(help="Tracker address; 0.0.0.0 lets real devices in")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Tracker port (TCP+UDP)")] = 5027,
     api_port: Annotated[int, typer.Option(help="API port")] = 8080,
     admin_port: Annotated[int, typer.Option(help="Ingest admin/metrics port")] = 9464,
@@ -67,8 +72,10 @@ def dev(
     workers: Annotated[int, typer.Option(help="Ingest worker processes")] = 1,
 ) -> None:
     """Run Redis, ingest and the API on 127.0.0.1 until Ctrl-C."""
-    for wanted, name in ((port, "tracker"), (api_port, "API"), (admin_port, "admin")):
-        if not _port_free(wanted):
+    wanted_ports = ((host, port, "tracker"), ("127.0.0.1", api_port, "API"),
+                    ("127.0.0.1", admin_port, "admin"))  # fmt: skip
+    for address, wanted, name in wanted_ports:
+        if not _port_free(address, wanted):
             typer.echo(
                 f"port {wanted} ({name}) is taken: choose another with --"
                 f"{'port' if name == 'tracker' else name.lower() + '-port'}",
@@ -81,6 +88,8 @@ def dev(
     tokens_file = workdir / "api-tokens"
     tokens_file.write_text(f"commands {token}\n")
     tokens_file.chmod(0o600)
+    # SIGTERM (a plain `kill`) stops the children too, like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     def stop_all() -> None:
         for _name, child in reversed(children):
@@ -151,22 +160,23 @@ def dev(
 
         typer.echo("")
         typer.echo("trackgate is running on loopback:")
-        typer.echo(f"  trackers  tcp+udp 127.0.0.1:{port}")
+        typer.echo(f"  trackers  tcp+udp {host}:{port}")
         typer.echo(f"  metrics   http://127.0.0.1:{admin_port}/metrics")
         if api_running:
             typer.echo(f"  api       http://127.0.0.1:{api_port}/docs")
             typer.echo(f"  token     {token}   (scope: commands)")
         typer.echo(f"  redis     {redis_url}")
         typer.echo("")
+        me_cli = Path(sys.executable).with_name("trackgate")
         typer.echo("Try, in another shell:")
-        typer.echo(f"  trackgate simulate --port {port}")
-        typer.echo(f"  trackgate records --redis-url {redis_url}")
+        typer.echo(f"  {me_cli} simulate --port {port}")
+        typer.echo(f"  {me_cli} records --redis-url {redis_url}")
         typer.echo("Ctrl-C stops everything.")
         while all(child.poll() is None for _n, child in children):
             time.sleep(0.5)
         dead = [n for n, c in children if c.poll() is not None]
-        typer.echo(f"stopped: {', '.join(dead)} exited", err=True)
-        raise typer.Exit(1)
+        typer.echo(f"{', '.join(dead)} exited: stopping the rest", err=True)
+        raise SystemExit(1)
     except KeyboardInterrupt:
         typer.echo("\nstopping ...")
     except RuntimeError as exc:
@@ -174,6 +184,10 @@ def dev(
         raise typer.Exit(1) from exc
     finally:
         stop_all()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _api_available() -> bool:

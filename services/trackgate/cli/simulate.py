@@ -57,6 +57,13 @@ def simulate(
     from trackgate.sim import load
     from trackgate.sim.load import throughput
 
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        typer.echo(f"no gateway at {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
     codec_id = {"8": 0x08, "8E": 0x8E, "8e": 0x8E, "16": 0x10}.get(codec)
     if codec_id is None:
         typer.echo(f"unknown codec {codec!r}: use 8, 8E or 16", err=True)
@@ -116,6 +123,7 @@ def simulate(
             summary = asyncio.run(run(advance))
         else:
             summary = uvloop.run(run(advance))
+    summary["mode"] = mode.value
     typer.echo(json.dumps(summary, indent=2))
     failed = summary.get("devices_failed") or summary.get("refused")
     raise typer.Exit(1 if failed else 0)

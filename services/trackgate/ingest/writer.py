@@ -85,6 +85,8 @@ class BatchWriter:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(StoreError("shutting down"))
+                # Its session is closed already: nobody will read the failure.
+                pending.future.exception()
 
     async def _lane(self) -> None:
         while True:
@@ -117,7 +119,7 @@ class BatchWriter:
                 await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
                 attempt += 1
                 continue
-            if not self.healthy:
+            if attempt:
                 log.info("redis writes succeed again after %d retries", attempt)
             self.healthy = True
             if self.telemetry is not None:

@@ -51,13 +51,12 @@ def simulate(
     sessions kept open.
     """
     import asyncio
+    import socket
 
     from rich.progress import Progress
 
     from trackgate.sim import load
     from trackgate.sim.load import throughput
-
-    import socket
 
     try:
         socket.create_connection((host, port), timeout=5).close()

@@ -38,6 +38,19 @@ async def test_device_status_shows_session_position_and_lag(
     }  # fmt: skip
 
 
+async def test_device_list_carries_the_same_counters_as_the_status(
+    api: httpx.AsyncClient, sync_redis: redis.Redis
+) -> None:
+    seed_device(sync_redis, A, seen_at=NOW)
+    sync_redis.hset(
+        f"trackgate:dedup:{{s0}}:{A}", mapping={"stored": 10, "duplicates": 2}
+    )
+    listed = (await api.get("/v1/devices", headers=READ)).json()["items"]
+    assert [(d["imei"], d["records_stored"], d["duplicates"]) for d in listed] == [
+        (A, 10, 2)
+    ]
+
+
 async def test_unknown_device_is_404_with_a_stable_code(api: httpx.AsyncClient) -> None:
     response = await api.get(f"/v1/devices/{A}", headers=READ)
 

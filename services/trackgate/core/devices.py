@@ -172,8 +172,12 @@ async def device_page(
         pipe = client.pipeline(transaction=False)
         for position in batch:
             pipe.hgetall(keys.device(position.member))
-        for raw, position in zip(await pipe.execute(), batch, strict=True):
-            status = DeviceStatus.from_hash(position.member, raw)
+            pipe.hmget(keys.dedup(position.member), ["stored", "duplicates"])
+        replies = await pipe.execute()
+        for index, position in enumerate(batch):
+            raw, (stored, duplicates) = replies[2 * index], replies[2 * index + 1]
+            counters = {"stored": stored, "duplicates": duplicates}
+            status = DeviceStatus.from_hash(position.member, raw, counters)
             if connected is None or status.connected == connected:
                 devices.append(status)
         batch.clear()

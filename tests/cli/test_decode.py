@@ -238,3 +238,20 @@ def test_console_script_reads_standard_input() -> None:
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["text"].startswith("DI1:1 DI2:0")
+
+
+def test_tcpdump_hex_and_ascii_dump_is_accepted() -> None:
+    from trackgate.cli.decode import parse_hex
+
+    frame = bytes.fromhex(
+        "000000000000003608010000016B40D8EA30010000000000000000000000000000000105"
+        "021503010101425E0F01F10000601A014E0000000000000000010000C7CF"
+    )
+    lines = []
+    for offset in range(0, len(frame), 16):
+        chunk = frame[offset : offset + 16]
+        groups = " ".join(chunk[i : i + 2].hex() for i in range(0, len(chunk), 2))
+        ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"\t0x{offset:04x}:  {groups:<39}  {ascii_}")
+    # tcpdump -X: offset, hex groups, then the ASCII column.
+    assert parse_hex("\n".join(lines)) == frame

@@ -128,9 +128,22 @@ def decode(
         raise typer.Exit(EXIT_DECODE_ERROR)
 
 
+def _strip_dump_columns(text: str) -> str:
+    """Keep only the hex of tcpdump -x/-X lines: no offset, no ASCII column."""
+    lines = []
+    for line in text.splitlines():
+        label = _OFFSET_LABEL.match(line)
+        if label is None:
+            lines.append(line)
+            continue
+        # -X prints the ASCII column two or more spaces after the hex groups.
+        lines.append(re.split(r"\s{2,}", line[label.end() :].strip())[0])
+    return "\n".join(lines)
+
+
 def parse_hex(text: str) -> bytes:
     """Bytes from hex text with the usual separators; ValueError if it is not hex."""
-    digits = _SEPARATORS.sub("", _OFFSET_LABEL.sub("", text))
+    digits = _SEPARATORS.sub("", _strip_dump_columns(text))
     bad = _NOT_HEX.search(digits)
     if bad is not None:
         raise ValueError(f"not hex: {bad.group()!r} in the input")

@@ -201,3 +201,15 @@ async def test_records_scan_stops_at_the_budget_and_says_where_to_go_on(
             found += [r["id"] for r in page["items"]]
             cursor = page["next_before"]
         assert found == [f"{NOW}-0"]
+
+
+async def test_records_before_the_first_possible_id_are_an_empty_page(
+    api: httpx.AsyncClient, sync_redis: redis.Redis
+) -> None:
+    seed_device(sync_redis, A, seen_at=NOW)
+    seed_record(sync_redis, A, at=NOW)
+    response = await api.get(
+        f"/v1/devices/{A}/records", params={"before": "0-0"}, headers=READ
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == []

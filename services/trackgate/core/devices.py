@@ -271,6 +271,9 @@ async def device_records(
         count = min(STREAM_BATCH, scan_budget - scanned)
         if count <= 0:
             return RecordPage(records, last_id, scanned)
+        if top in ("(0-0", "(0"):
+            # Nothing lies below the first possible id (Redis refuses the range).
+            return RecordPage(records, None, scanned)
         reply = await client.xrevrange(stream, max=top, min=bottom, count=count)
         entries: list[Any] = list(reply or [])
         for raw_id, raw in entries:

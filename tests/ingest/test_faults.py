@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
@@ -64,16 +63,6 @@ def audit(redis_url: str, devices: list[SimDevice]) -> dict[str, int]:
     }
 
 
-def readyz(ingest: IngestProcess) -> int:
-    try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{ingest.admin_port}/readyz", timeout=2
-        ) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     # Persistence on, so a stopped and restarted Redis keeps what it ACKed.
@@ -118,10 +107,10 @@ async def test_redis_stop_and_start_mid_stream_loses_and_duplicates_nothing(
         await asyncio.to_thread(own_redis.stop)
         await asyncio.sleep(2.0)
         # Not ready while Redis is gone, yet still accepting connections.
-        assert readyz(ingest) == 503
+        assert ingest.readyz() == 503
         await asyncio.to_thread(own_redis.start)
         await asyncio.wait_for(runs, timeout=120)
-        assert readyz(ingest) == 200
+        assert ingest.readyz() == 200
     finally:
         await asyncio.to_thread(ingest.stop)
     result = audit(own_redis.url, devices)

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import redis
@@ -25,15 +23,6 @@ from trackgate.core.keys import Keys
 from trackgate.protocol import encode_imei
 
 KEYS = Keys()
-
-
-def readyz(port: int) -> int:
-    try:
-        url = f"http://127.0.0.1:{port}/readyz"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def wait_until(check: object, timeout: float = 10.0) -> bool:
@@ -69,13 +58,13 @@ def test_readiness_follows_redis_both_ways_without_traffic(tmp_path: Path) -> No
     ingest.start()  # Redis is not there yet: the gateway still starts
     try:
         time.sleep(2)
-        assert readyz(ingest.admin_port) == 503
+        assert ingest.readyz() == 503
         server.start()
-        assert wait_until(lambda: readyz(ingest.admin_port) == 200)
+        assert wait_until(lambda: ingest.readyz() == 200)
         server.stop(kill=True)
-        assert wait_until(lambda: readyz(ingest.admin_port) == 503)
+        assert wait_until(lambda: ingest.readyz() == 503)
         server.start()
-        assert wait_until(lambda: readyz(ingest.admin_port) == 200)
+        assert wait_until(lambda: ingest.readyz() == 200)
     finally:
         ingest.stop()
         server.stop()

@@ -157,6 +157,18 @@ class IngestProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def readyz(self) -> int:
+        """HTTP status of the admin port's /readyz."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.admin_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
     def worker_pids(self) -> list[int]:
         assert self.process is not None
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")

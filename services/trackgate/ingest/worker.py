@@ -303,14 +303,20 @@ class Worker:
     def packet_acked(
         self, session: TcpSession, result: WriteResult, ack_seconds: float
     ) -> None:
+        self.count_acked(result, "tcp", ack_seconds)
+        self._spawn(self.courier.packet_acked(session), "commands")
+
+    def count_acked(
+        self, result: WriteResult, transport: str, ack_seconds: float
+    ) -> None:
+        """Metrics of one ACKed packet, TCP or UDP."""
         t = self.telemetry
         t.ack_latency.record(ack_seconds)
-        attrs = {tm.ATTR_TRANSPORT: "tcp"}
+        attrs = {tm.ATTR_TRANSPORT: transport}
         if result.stored:
             t.records.add(result.stored, attrs)
         if result.duplicates:
             t.duplicates.add(result.duplicates, attrs)
-        self._spawn(self.courier.packet_acked(session), "commands")
 
     def record_lags(self, packet: PacketWrite) -> None:
         now_ms = packet.received_at
@@ -793,12 +799,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                     datagram.packet_id, datagram.avl_packet_id, result.accepted
                 )
                 self.transport.sendto(ack, addr)
-            worker.telemetry.ack_latency.record(time.perf_counter() - started)
-            attrs = {tm.ATTR_TRANSPORT: "udp"}
-            if result.stored:
-                worker.telemetry.records.add(result.stored, attrs)
-            if result.duplicates:
-                worker.telemetry.duplicates.add(result.duplicates, attrs)
+            worker.count_acked(result, "udp", time.perf_counter() - started)
 
         future.add_done_callback(stored)
         worker.record_lags(write)

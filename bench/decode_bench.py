@@ -9,9 +9,10 @@ Workloads are real device packets from the public vectors (``shared/vectors``
 beside the checkout) plus a synthetic 25-record Codec 8 packet with a typical
 FMB IO set, kept under the 1280-byte packet maximum. Each goes through the
 path the ingest service uses (``TcpServerConnection.receive_data`` and
-``next_event``), once with the package as shipped (compiled CRC-16) and, in
-the same run, with the CRC swapped for two pure-Python baselines: the
-per-byte, per-bit loop of the Teltonika documents and a 256-entry table. The
+``next_event``), once with the package as shipped (compiled record loop and
+compiled CRC-16) and, in the same run, with the record loop in pure Python,
+and with the CRC swapped for two pure-Python baselines: the per-byte,
+per-bit loop of the Teltonika documents and a 256-entry table. The
 best of ``--repeat`` runs is reported; the process is single-threaded, so the
 figure is what one core does.
 """
@@ -83,17 +84,23 @@ def table_crc(data: bytes | bytearray | memoryview) -> int:
 
 
 @contextmanager
-def crc_swapped(
+def swapped(
     crc: Callable[[bytes | bytearray | memoryview], int] | None,
+    python_records: bool,
 ) -> Iterator[None]:
-    """Run the readers with another CRC function (None: the shipped one)."""
+    """Run the readers with another CRC function (None: the shipped one),
+    and with the pure-Python record loop when ``python_records``."""
     shipped = getattr(_readers, "crc16_ibm")  # noqa: B009
+    loop = _readers._fast_read_records
     if crc is not None:
         setattr(_readers, "crc16_ibm", crc)  # noqa: B010
+    if python_records:
+        _readers._fast_read_records = None
     try:
         yield
     finally:
         setattr(_readers, "crc16_ibm", shipped)  # noqa: B010
+        _readers._fast_read_records = loop
 
 
 def synthetic_codec8(records: int = 25) -> bytes:
@@ -173,16 +180,17 @@ def main() -> None:
     args = parser.parse_args()
 
     Crc = Callable[[bytes | bytearray | memoryview], int]
-    variants: list[tuple[str, Crc | None]] = [
-        ("shipped (fastcrc)", None),
-        ("table-driven CRC", table_crc),
-        ("per-bit CRC", per_bit_crc),
+    variants: list[tuple[str, Crc | None, bool]] = [
+        (f"shipped ({_readers.RECORD_DECODER})", None, False),
+        ("python record loop", None, True),
+        ("+ table CRC", table_crc, True),
+        ("+ per-bit CRC", per_bit_crc, True),
     ]
     results: list[dict[str, object]] = []
     for name, frames in workloads():
         rates: dict[str, int] = {}
-        for variant, crc in variants:
-            with crc_swapped(crc):
+        for variant, crc, python_records in variants:
+            with swapped(crc, python_records):
                 best = max(
                     records_per_second(frames, args.seconds) for _ in range(args.repeat)
                 )
@@ -190,11 +198,11 @@ def main() -> None:
         sizes = sorted({len(f) for f in frames})
         results.append({"workload": name, "frame_bytes": sizes, "records_per_s": rates})
         if not args.json:
-            cells = "".join(f"{rates[v]:>20,}" for v, _ in variants)
+            cells = "".join(f"{rates[v]:>20,}" for v, _, _ in variants)
             if len(results) == 1:
                 print(f"python {sys.version.split()[0]}, one core, best of "
                       f"{args.repeat}, records/s via TcpServerConnection")  # fmt: skip
-                header = f"{'workload':46}" + "".join(f"{v:>20}" for v, _ in variants)
+                header = f"{'workload':46}" + "".join(f"{v:>20}" for v, *_ in variants)
                 print(header)
                 print("-" * len(header))
             print(f"{name:46}{cells}", flush=True)

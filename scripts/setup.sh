@@ -20,6 +20,10 @@ sudo_cmd=()
 apt_need=()
 command -v redis-server >/dev/null 2>&1 || apt_need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_need+=(redis-tools)
+# The compiled record decoder: a C compiler and the Python headers.
+command -v gcc >/dev/null 2>&1 || apt_need+=(gcc libc6-dev)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
+    || apt_need+=(python3-dev)
 if [ "$run_only" -eq 0 ]; then
     command -v ip >/dev/null 2>&1 || apt_need+=(iproute2)
     command -v tcpdump >/dev/null 2>&1 || apt_need+=(tcpdump)
@@ -45,7 +49,8 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 stamp=.venv/.trackgate-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+    || [ services/trackgate/protocol/_speedups.c -nt "$stamp" ]; then
     say "installing the package and its test dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/pip install -q -e '.[test]'

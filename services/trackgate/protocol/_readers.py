@@ -14,7 +14,9 @@ and per IO element.
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Callable
 
 from trackgate.protocol._crc import crc16_ibm
 from trackgate.protocol._errors import (
@@ -191,6 +193,31 @@ def _read_records(
     return records, pos
 
 
+def _compiled_reader() -> (
+    Callable[[memoryview, int, int], tuple[list[AvlRecord], int]] | None
+):
+    """The compiled record loop, when it was built and not switched off.
+
+    ``TRACKGATE_PURE_PYTHON=1`` selects the Python loop (the reference the
+    compiled one is tested against).
+    """
+    if os.environ.get("TRACKGATE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from trackgate.protocol import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _speedups.setup(AvlRecord, _IO_KEYS)
+    reader: Callable[[memoryview, int, int], tuple[list[AvlRecord], int]]
+    reader = _speedups.read_records
+    return reader
+
+
+_fast_read_records = _compiled_reader()
+#: Which record loop decodes: "compiled" or "python".
+RECORD_DECODER = "python" if _fast_read_records is None else "compiled"
+
+
 def _read_io_groups(
     view: memoryview, pos: int, codec: _Codec, io: dict[str, int | str]
 ) -> int:
@@ -246,7 +273,10 @@ def read_avl_data(data: memoryview, base: int, frame_size: int) -> AvlPacket:
 
     body = data[2:-1]
     try:
-        records, end = _read_records(body, count, layout)
+        if _fast_read_records is not None:
+            records, end = _fast_read_records(body, count, codec)
+        else:
+            records, end = _read_records(body, count, layout)
     except (struct.error, IndexError):
         raise MalformedFrame(
             f"codec 0x{codec:02x}: {count} records do not fit in {len(body)} bytes",

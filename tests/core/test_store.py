@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import time
 
+import hiredis
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.protocol import strategies as gen
 from trackgate.core.keys import Keys
 from trackgate.core.store import (
     PacketWrite,
     RecordStore,
     Retention,
     StoreError,
+    pack_store_records,
+    record_fields,
+    store_records_args,
     stream_health,
 )
-from trackgate.protocol import decode_tcp_frame, encode_avl_packet
+from trackgate.protocol import AvlRecord, decode_tcp_frame, encode_avl_packet
 from trackgate.sim import make_records
 
 IMEI = "352093081452251"
@@ -133,4 +141,55 @@ async def test_wait_aof_the_server_cannot_honour_is_refused_up_front(
     # A write that asks for it anyway is not reported as stored.
     [result] = await store.write([packet(make_records(1))])
     assert not result.ok and "WAITAOF" in (result.error or "")
+    await client.aclose()
+
+
+@settings(max_examples=200, deadline=None)
+@given(gen.packets(), st.sampled_from(["tcp", "udp"]), st.integers(0, 2**42))
+def test_the_packed_store_command_is_what_hiredis_packs(
+    drawn: tuple[int, list[AvlRecord], dict[str, int]], transport: str, at: int
+) -> None:
+    codec, records, widths = drawn
+    decoded = decode_tcp_frame(encode_avl_packet(codec, records, io_widths=widths))
+    write = PacketWrite(
+        imei=IMEI,
+        codec=codec,
+        records=decoded.records,  # type: ignore[union-attr]
+        received_at=at,
+        transport=transport,
+        peer="10.0.0.1:4000",
+    )
+    command = ("EVALSHA", "f" * 40, 2, "tg:records:{s3}", "tg:dedup:{s3}:x", "4096",
+               "604800", "minid", "1700000000000-0", "1")  # fmt: skip
+    expected = hiredis.pack_command((*command, *store_records_args(write)))
+    assert pack_store_records(command, write) == expected
+
+
+async def test_stored_entries_hold_exactly_the_record_fields(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = RecordStore(client, Keys())
+    write = packet(
+        make_records(3, start_ms=1_700_000_000_000), received_at=1_700_000_009_000
+    )
+    [result] = await store.write([write])
+    entries = await client.xrange(Keys().records_for(IMEI))
+    assert result.stored == 3
+    assert [list(sum(fields.items(), ())) for _, fields in entries] == [
+        record_fields(IMEI, 0x8E, r, "1700000009000", "tcp") for r in write.records
+    ]
+    assert json.loads(entries[0][1]["io"])["256"] == b"WVWZZZ1JZXW000001".hex()
+    await client.aclose()
+
+
+async def test_a_record_repeated_inside_one_packet_is_stored_once(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    store = RecordStore(client, Keys())
+    one, two = make_records(2, start_ms=1_700_000_000_000)
+    [result] = await store.write([packet([one, two, one])])
+    assert (result.stored, result.duplicates) == (2, 1)
+    assert await client.xlen(Keys().records_for(IMEI)) == 2
+    [again] = await store.write([packet([two, one])])
+    assert (again.stored, again.duplicates) == (0, 2)
     await client.aclose()

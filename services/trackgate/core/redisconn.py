@@ -35,6 +35,16 @@ def is_cluster_url(url: str) -> bool:
     return _split_cluster(url)[1]
 
 
+try:
+    from redis.driver_info import DriverInfo
+except ImportError:  # redis-py before 7.1 looks its version up only once
+    _DRIVER: dict[str, Any] = {}
+else:
+    # Without it, every new pooled connection reads the package metadata to
+    # learn redis-py's version: milliseconds each, while a reconnect storm
+    # grows the pool.
+    _DRIVER = {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
 #: Connections one client opens at most. redis-py's own pool raises
 #: "Too many connections" past its limit; a reconnect storm (thousands of
 #: sessions starting at once) must wait for a connection instead.
@@ -54,6 +64,7 @@ def async_client(
     bound their own concurrency on a cluster.
     """
     plain, cluster = _split_cluster(url)
+    options = {**_DRIVER, **options}
     if cluster:
         return AsyncRedisCluster.from_url(
             plain, max_connections=max_connections, **options

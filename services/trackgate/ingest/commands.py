@@ -150,12 +150,15 @@ class CommandCourier:
         self._sessions[session.imei] = session
         await self._deliver(session)
 
+    def due(self, session: CommandSession) -> bool:
+        """Whether the queue of ``session``'s device should be looked at again."""
+        checked = self._checked_at.get(session.session_id)
+        return checked is None or time.monotonic() - checked >= self.recheck_interval
+
     async def packet_acked(self, session: CommandSession) -> None:
         """An AVL packet was ACKed: a good moment for the next command."""
-        checked = self._checked_at.get(session.session_id)
-        if checked is not None and time.monotonic() - checked < self.recheck_interval:
-            return
-        await self._deliver(session)
+        if self.due(session):
+            await self._deliver(session)
 
     async def wake(self, imei: str) -> None:
         """A command was queued for ``imei``; deliver it if we hold its session."""

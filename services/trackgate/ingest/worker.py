@@ -304,7 +304,9 @@ class Worker:
         self, session: TcpSession, result: WriteResult, ack_seconds: float
     ) -> None:
         self.count_acked(result, "tcp", ack_seconds)
-        self._spawn(self.courier.packet_acked(session), "commands")
+        # Most packets come between two looks at the queue: no task for them.
+        if self.courier.due(session):
+            self._spawn(self.courier.packet_acked(session), "commands")
 
     def count_acked(
         self, result: WriteResult, transport: str, ack_seconds: float

@@ -8,15 +8,13 @@
 -- ARGV[3]  trim strategy: "none", "maxlen" or "minid"
 -- ARGV[4]  trim threshold (entry count for maxlen, an entry id for minid)
 -- ARGV[5]  0 or 1: the trim is approximate ("~")
--- ARGV[6]  the entry's field names, joined by the unit separator (0x1f)
--- ARGV[7..] per record: its digest, then its values in the order of the
---          names, joined by 0x1f; an empty value leaves its field out
+-- ARGV[6..] per record: its digest, the count n of what follows, then n
+--          arguments: the entry's field names and values, alternating
 --
--- One joined argument per record instead of 30 keeps the client's command
--- packing, the largest cost of a write, small.
+-- The entry's arguments go to XADD as they came (unpack of a range of
+-- ARGV): no string is split or built per record on the server.
 -- Returns {stored, duplicates, first id or "", last id or ""}.
 local window = redis.call('HGET', KEYS[2], 'window') or ''
-local window_bytes = tonumber(ARGV[1])
 
 -- A digest is only a match on an 8-byte boundary of the window.
 local function seen(digest)
@@ -29,53 +27,34 @@ local function seen(digest)
   end
 end
 
-local SEP = '\31'
-local names = {}
-for name in string.gmatch(ARGV[6], '[^\31]+') do names[#names + 1] = name end
-
-local function entry(values)
-  local args, pos = {}, 1
-  for k = 1, #names do
-    local stop = string.find(values, SEP, pos, true)
-    local value
-    if stop then
-      value = string.sub(values, pos, stop - 1)
-      pos = stop + 1
-    else
-      value = string.sub(values, pos)
-      pos = #values + 2
-    end
-    if value ~= '' then
-      args[#args + 1] = names[k]
-      args[#args + 1] = value
-    end
-  end
-  return args
-end
-
 local stored, duplicates = 0, 0
 local first_id, last_id = '', ''
-local i = 7
+-- Digests stored by this call: a packet may repeat a record, and the second
+-- copy is a duplicate too. The window grows once, at the end.
+local added, fresh = {}, {}
+local i = 6
 while i <= #ARGV do
   local digest = ARGV[i]
-  if seen(digest) then
+  local n = tonumber(ARGV[i + 1])
+  if fresh[digest] or seen(digest) then
     duplicates = duplicates + 1
   else
-    last_id = redis.call('XADD', KEYS[1], '*', unpack(entry(ARGV[i + 1])))
+    last_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + n))
     if first_id == '' then first_id = last_id end
     stored = stored + 1
-    -- A packet may repeat a record; the second copy is a duplicate too.
-    window = window .. digest
+    added[stored] = digest
+    fresh[digest] = true
   end
-  i = i + 2
+  i = i + 2 + n
 end
 
 if duplicates > 0 then
   redis.call('HINCRBY', KEYS[2], 'duplicates', duplicates)
 end
 if stored > 0 then
-  if #window > window_bytes then
-    window = string.sub(window, #window - window_bytes + 1)
+  window = window .. table.concat(added)
+  if #window > tonumber(ARGV[1]) then
+    window = string.sub(window, #window - tonumber(ARGV[1]) + 1)
   end
   redis.call('HSET', KEYS[2], 'window', window)
   redis.call('HINCRBY', KEYS[2], 'stored', stored)

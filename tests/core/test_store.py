@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -192,4 +193,28 @@ async def test_a_record_repeated_inside_one_packet_is_stored_once(
     assert await client.xlen(Keys().records_for(IMEI)) == 2
     [again] = await store.write([packet([two, one])])
     assert (again.stored, again.duplicates) == (0, 2)
+    await client.aclose()
+
+
+async def test_the_device_hash_keeps_the_newest_position_and_counts(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    store = RecordStore(client, Keys())
+    records = make_records(6, start_ms=1_700_000_000_000)
+    newer, older = packet(records[3:], 1_700_000_010_000), packet(records[:3])
+    older = dataclasses.replace(older, received_at=1_700_000_020_000, burst=True)
+    await store.write([newer])
+    await store.write([older])
+    device = await client.hgetall(Keys().device(IMEI))
+    latest = records[5]
+    assert device["last_timestamp"] == str(latest.timestamp)
+    assert device["last_latitude"] == repr(latest.latitude)
+    assert device["last_speed"] == str(latest.speed)
+    # Lag and seen_at follow the last packet, old or not.
+    assert device["last_lag_ms"] == str(1_700_000_020_000 - records[2].timestamp)
+    assert device["seen_at"] == "1700000020000"
+    assert device["records_received"] == "6"
+    assert device["bursts_total"] == "1"
+    assert device["imei"] == IMEI and device["transport"] == "tcp"
     await client.aclose()

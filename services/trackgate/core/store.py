@@ -398,7 +398,7 @@ class RecordStore:
 def _device_args(packet: PacketWrite) -> list[str]:
     latest = newest(packet.records)
     head = [str(packet.received_at), packet.peer, packet.transport]
-    counts = [str(len(packet.records)), "0"]
+    counts = [str(len(packet.records))]
     tail = [packet.imei, "1" if packet.burst else "0"]
     if latest is None:
         return head + counts + ["", "", "", "", "", "", "", ""] + tail

@@ -1,10 +1,14 @@
-"""Build hook for the compiled record decoder; everything else is in pyproject.toml.
+"""Build hook for the two C extensions; everything else is in pyproject.toml.
 
-The extension is optional: without a C compiler the package installs and
-decodes in pure Python, more slowly (`trackgate ingest` logs which one runs).
+``trackgate.protocol._speedups`` decodes AVL records and
+``trackgate.core._resp`` packs them as stream entries for Redis. Both are
+optional: without a C compiler the package installs and runs the same code
+in pure Python, more slowly (`trackgate ingest` logs which one runs).
 """
 
 from setuptools import Extension, setup
+
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 setup(
     ext_modules=[
@@ -12,7 +16,13 @@ setup(
             "trackgate.protocol._speedups",
             ["services/trackgate/protocol/_speedups.c"],
             optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        )
+            extra_compile_args=FLAGS,
+        ),
+        Extension(
+            "trackgate.core._resp",
+            ["services/trackgate/core/_resp.c"],
+            optional=True,
+            extra_compile_args=FLAGS,
+        ),
     ]
 )

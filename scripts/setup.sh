@@ -50,7 +50,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.trackgate-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-    || [ services/trackgate/protocol/_speedups.c -nt "$stamp" ]; then
+    || [ services/trackgate/protocol/_speedups.c -nt "$stamp" ] \
+    || [ services/trackgate/core/_resp.c -nt "$stamp" ]; then
     say "installing the package and its test dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/pip install -q -e '.[test]'

@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import Any
+from unittest.mock import patch
 
 import hiredis
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.protocol import strategies as gen
+from trackgate.core import store as store_module
 from trackgate.core.keys import Keys
 from trackgate.core.store import (
     PacketWrite,
@@ -145,10 +149,23 @@ async def test_wait_aof_the_server_cannot_honour_is_refused_up_front(
     await client.aclose()
 
 
-@settings(max_examples=200, deadline=None)
+COMMAND = ("EVALSHA", "f" * 40, 2, "tg:records:{s3}", "tg:dedup:{s3}:x", "4096",
+           "604800", "minid", "1700000000000-0", "1")  # fmt: skip
+
+
+def packers() -> list[Any]:
+    assert store_module._compiled_pack_entries is not None, "the packer was not built"
+    return [store_module._compiled_pack_entries, None]
+
+
+@pytest.mark.parametrize("packer", packers(), ids=["compiled", "python"])
+@settings(max_examples=150, deadline=None)
 @given(gen.packets(), st.sampled_from(["tcp", "udp"]), st.integers(0, 2**42))
 def test_the_packed_store_command_is_what_hiredis_packs(
-    drawn: tuple[int, list[AvlRecord], dict[str, int]], transport: str, at: int
+    packer: Any,
+    drawn: tuple[int, list[AvlRecord], dict[str, int]],
+    transport: str,
+    at: int,
 ) -> None:
     codec, records, widths = drawn
     decoded = decode_tcp_frame(encode_avl_packet(codec, records, io_widths=widths))
@@ -160,10 +177,51 @@ def test_the_packed_store_command_is_what_hiredis_packs(
         transport=transport,
         peer="10.0.0.1:4000",
     )
-    command = ("EVALSHA", "f" * 40, 2, "tg:records:{s3}", "tg:dedup:{s3}:x", "4096",
-               "604800", "minid", "1700000000000-0", "1")  # fmt: skip
-    expected = hiredis.pack_command((*command, *store_records_args(write)))
-    assert pack_store_records(command, write) == expected
+    expected = hiredis.pack_command((*COMMAND, *store_records_args(write)))
+    with patch.object(store_module, "_compiled_pack_entries", packer):
+        assert pack_store_records(COMMAND, write) == expected
+
+
+# Records built by hand may hold what no decoder produces: the compiled
+# packer renders what it can exactly and leaves the rest to orjson.
+odd_values = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=6),
+    st.booleans(),
+    st.floats(allow_nan=False),
+)
+odd_records = st.builds(
+    AvlRecord,
+    timestamp=st.integers(-(2**65), 2**65),
+    priority=st.integers(-3, 300),
+    longitude=st.floats(allow_nan=False),
+    latitude=st.floats(allow_nan=False, allow_infinity=False),
+    altitude=st.integers(-40_000, 40_000),
+    angle=st.integers(0, 2**16),
+    satellites=st.integers(0, 255),
+    speed=st.integers(0, 2**16),
+    event_id=st.integers(0, 2**16),
+    io=st.dictionaries(st.text(max_size=4), odd_values, max_size=5),
+    generation_type=st.none() | st.integers(0, 255),
+)
+
+
+@pytest.mark.parametrize("packer", packers(), ids=["compiled", "python"])
+@settings(max_examples=300, deadline=None)
+@given(st.lists(odd_records, max_size=4))
+def test_unusual_values_pack_the_same(packer: Any, records: list[AvlRecord]) -> None:
+    try:
+        args = store_records_args(
+            PacketWrite(IMEI, 0x8E, records, 1, "udp", "10.0.0.1:1")
+        )
+    except TypeError:  # orjson refuses the IO map: neither packer may succeed
+        with pytest.raises(TypeError):
+            pack_store_records(COMMAND, PacketWrite(IMEI, 0x8E, records, 1, "udp", ""))
+        return
+    write = PacketWrite(IMEI, 0x8E, records, 1, "udp", "10.0.0.1:1")
+    with patch.object(store_module, "_compiled_pack_entries", packer):
+        packed = pack_store_records(COMMAND, write)
+    assert packed == hiredis.pack_command((*COMMAND, *args))
 
 
 async def test_stored_entries_hold_exactly_the_record_fields(redis_url: str) -> None:

@@ -117,7 +117,7 @@ def test_final_stage_copies_the_built_environment_and_compiles_nothing(
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_build_stage_compiles_the_record_decoder_and_proves_it_imports(
+def test_build_stage_compiles_the_extensions_and_proves_they_import(
     image: str,
 ) -> None:
     build = _stages(IMAGES[image][0])[0]
@@ -130,11 +130,12 @@ def test_build_stage_compiles_the_record_decoder_and_proves_it_imports(
     assert "rm -rf /var/lib/apt/lists/*" in runs
     assert "setup.py" in copied
     # optional=True in setup.py: only this import stops a slow image.
-    assert 'python -c "import trackgate.protocol._speedups"' in runs
-    assert runs.index("pip wheel") < runs.index("import trackgate.protocol._speedups")
+    imports = 'python -c "import trackgate.protocol._speedups, trackgate.core._resp"'
+    assert imports in runs
+    assert runs.index("pip wheel") < runs.index(imports)
 
 
-def test_the_wheel_carries_the_compiled_record_decoder(tmp_path: Path) -> None:
+def test_the_wheel_carries_both_compiled_extensions(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps",
          "--wheel-dir", str(tmp_path), str(REPO)],

@@ -7,7 +7,6 @@ truncated bytes, where both must fail the same way.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import fields
 from typing import Any
@@ -23,12 +22,6 @@ from trackgate.protocol import _readers as readers
 
 compiled = readers._fast_read_records
 AVL_CODECS = (0x08, 0x8E, 0x10)
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TRACKGATE_PURE_PYTHON", "") not in ("", "0"),
-    reason="TRACKGATE_PURE_PYTHON selects the Python loop",
-)
-
 
 def test_the_compiled_loop_is_built_and_used() -> None:
     # CI builds the extension; a silent fallback would leave it untested.

@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -194,20 +194,50 @@ def pack_store_records(command: tuple[Any, ...], packet: PacketWrite) -> bytes:
 
     Exactly the bytes hiredis packs for ``(*command, *store_records_args(packet))``
     (a test holds them equal), at a fraction of the cost: the field names
-    and the values shared by the packet are rendered once, and each record
-    is one f-string. Text is built as Latin-1, where a character is a byte.
+    and the values shared by the packet are rendered once, and the records
+    by the compiled packer when it was built (in Python otherwise, or when
+    an IO map holds a value it leaves to orjson).
     """
-    imei, codec = packet.imei, packet.codec
-    shared_head = _bulk("imei") + _bulk(_text(imei))
+    codec, records = packet.codec, packet.records
+    head = _bulk("imei") + _bulk(_text(packet.imei))
     received = _bulk("received_at") + _bulk(str(packet.received_at))
-    shared_tail = (
+    tail = (
         _bulk("codec") + _bulk(str(codec))
         + _bulk("transport") + _bulk(_text(packet.transport))
     )  # fmt: skip
-    head = [_bulk(_text(str(arg))) for arg in command]
+    digests = [record_digest(codec, r) for r in records]
+    entries = None
+    if _compiled_pack_entries is not None:
+        entries = _compiled_pack_entries(
+            records,
+            digests,
+            head.encode("latin-1"),
+            received.encode("latin-1"),
+            tail.encode("latin-1"),
+        )
+    if entries is None:
+        entries = _pack_entries_python(records, digests, head, received, tail)
+    arguments = len(command) + sum(
+        30 if r.generation_type is None else 32 for r in records
+    )
+    start = f"*{arguments}\r\n" + "".join(_bulk(_text(str(a))) for a in command)
+    return start.encode("latin-1") + entries
+
+
+def _pack_entries_python(
+    records: Sequence[AvlRecord],
+    digests: list[bytes],
+    head: str,
+    received: str,
+    tail: str,
+) -> bytes:
+    """The reference of the compiled packer: the same bytes, one f-string each.
+
+    Text is built as Latin-1, where a character is a byte.
+    """
     parts = []
-    for r in packet.records:
-        digest = record_digest(codec, r).decode("latin-1")
+    for r, digest_bytes in zip(records, digests, strict=True):
+        digest = digest_bytes.decode("latin-1")
         ts, prio = str(r.timestamp), str(r.priority)
         lon, lat = repr(r.longitude), repr(r.latitude)
         alt, angle, sats = str(r.altitude), str(r.angle), str(r.satellites)
@@ -220,7 +250,7 @@ def pack_store_records(command: tuple[Any, ...], packet: PacketWrite) -> bytes:
             count = "$2\r\n30\r\n"
             generation = f"$15\r\ngeneration_type\r\n${len(gen)}\r\n{gen}\r\n"
         parts.append(
-            f"$8\r\n{digest}\r\n{count}{shared_head}"
+            f"${len(digest)}\r\n{digest}\r\n{count}{head}"
             f"$9\r\ntimestamp\r\n${len(ts)}\r\n{ts}\r\n{received}"
             f"$8\r\npriority\r\n${len(prio)}\r\n{prio}\r\n"
             f"$9\r\nlongitude\r\n${len(lon)}\r\n{lon}\r\n"
@@ -230,12 +260,23 @@ def pack_store_records(command: tuple[Any, ...], packet: PacketWrite) -> bytes:
             f"$10\r\nsatellites\r\n${len(sats)}\r\n{sats}\r\n"
             f"$5\r\nspeed\r\n${len(speed)}\r\n{speed}\r\n"
             f"$8\r\nevent_id\r\n${len(event)}\r\n{event}\r\n"
-            f"$2\r\nio\r\n${len(io)}\r\n{io}\r\n{shared_tail}{generation}"
+            f"$2\r\nio\r\n${len(io)}\r\n{io}\r\n{tail}{generation}"
         )
-    arguments = len(command) + sum(
-        30 if r.generation_type is None else 32 for r in packet.records
-    )
-    return f"*{arguments}\r\n{''.join(head)}{''.join(parts)}".encode("latin-1")
+    return "".join(parts).encode("latin-1")
+
+
+def _compiled_packer() -> Callable[..., bytes | None] | None:
+    try:
+        from trackgate.core import _resp  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    packer: Callable[..., bytes | None] = _resp.pack_entries
+    return packer
+
+
+_compiled_pack_entries = _compiled_packer()
+#: Which packer writes stream entries: "compiled" or "python".
+ENTRY_PACKER = "python" if _compiled_pack_entries is None else "compiled"
 
 
 def newest(records: Sequence[AvlRecord]) -> AvlRecord | None:

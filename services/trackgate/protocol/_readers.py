@@ -14,7 +14,6 @@ and per IO element.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 
@@ -196,13 +195,11 @@ def _read_records(
 def _compiled_reader() -> (
     Callable[[memoryview, int, int], tuple[list[AvlRecord], int]] | None
 ):
-    """The compiled record loop, when it was built and not switched off.
+    """The compiled record loop, when it was built.
 
-    ``TRACKGATE_PURE_PYTHON=1`` selects the Python loop (the reference the
-    compiled one is tested against).
+    ``_read_records`` stays the reference: the compiled loop is tested
+    against it, and it runs where no C compiler built the extension.
     """
-    if os.environ.get("TRACKGATE_PURE_PYTHON", "") not in ("", "0"):
-        return None
     try:
         from trackgate.protocol import _speedups  # type: ignore[attr-defined]
     except ImportError:

@@ -80,6 +80,9 @@ def test_sigterm_marks_every_session_disconnected(redis_url: str) -> None:
     assert connected(db, 0, 50) == 0
     for sock in socks:
         sock.close()
+    # The start line says which record path runs: the compiled one here.
+    assert "record_decoder=compiled entry_packer=compiled" in ingest.log()
+    assert "were not built" not in ingest.log()
 
 
 def test_a_crashed_workers_sessions_are_released_by_its_successor(

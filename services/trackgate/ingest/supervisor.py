@@ -32,10 +32,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from trackgate.core.store import ENTRY_PACKER
 from trackgate.diagnostics.errors import DiagnosticsError
 from trackgate.diagnostics.sockets import listeners
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.sockets import read_somaxconn
+from trackgate.protocol import RECORD_DECODER
 
 log = logging.getLogger("trackgate.ingest.supervisor")
 
@@ -130,11 +132,19 @@ class Supervisor:
         runner = await self._start_admin()
         watchers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         log.info(
-            "ingest started workers=%d port=%d admin_port=%d",
+            "ingest started workers=%d port=%d admin_port=%d "
+            "record_decoder=%s entry_packer=%s",
             len(self.workers),
             self.settings.port,
             self.settings.admin_port,
+            RECORD_DECODER,
+            ENTRY_PACKER,
         )
+        if "python" in (RECORD_DECODER, ENTRY_PACKER):
+            log.warning(
+                "the C extensions were not built (no compiler at install time): "
+                "records are decoded and packed in Python, several times slower"
+            )
         done, _ = await asyncio.wait(
             [asyncio.create_task(stop.wait()), *watchers],
             return_when=asyncio.FIRST_COMPLETED,

@@ -62,6 +62,7 @@ from trackgate.protocol._readers import (
     CODEC_15,
     CODEC_16,
     GPRS_CODECS,
+    RECORD_DECODER,
     decode_tcp_frame,
     decode_udp_datagram,
 )
@@ -81,6 +82,7 @@ from trackgate.protocol._writers import (
 
 __all__ = [
     "AVL_CODECS",
+    "RECORD_DECODER",
     "CODEC_8",
     "CODEC_8E",
     "CODEC_12",

@@ -48,6 +48,7 @@ __all__ = [
     "CODEC_16",
     "GPRS_CODECS",
     "MIN_DATA_LENGTH",
+    "RECORD_DECODER",
     "TCP_ENVELOPE_SIZE",
     "decode_tcp_frame",
     "decode_udp_datagram",

@@ -23,6 +23,7 @@ from trackgate.protocol import _readers as readers
 compiled = readers._fast_read_records
 AVL_CODECS = (0x08, 0x8E, 0x10)
 
+
 def test_the_compiled_loop_is_built_and_used() -> None:
     # CI builds the extension; a silent fallback would leave it untested.
     assert compiled is not None

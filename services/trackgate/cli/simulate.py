@@ -46,9 +46,9 @@ def simulate(
 
     fleet: a few devices sending records every INTERVAL seconds (see them with
     `trackgate records`). throughput: N devices x M packets x K records as fast
-    as ACKs come. storm: N connections at once, connect times measured (a
-    connect >= 0.9 s means a SYN was dropped and retransmitted). hold: N idle
-    sessions kept open.
+    as ACKs come. storm: N connections at once, connect times and IMEI reply
+    times measured (a connect >= 0.9 s means a SYN was dropped and
+    retransmitted). hold: N idle sessions kept open.
     """
     import asyncio
     import socket
@@ -75,14 +75,6 @@ def simulate(
     }[mode]
 
     async def run(advance: Any) -> dict[str, Any]:
-        if mode is Mode.storm:
-            return await load.storm(
-                host,
-                port,
-                connections=connections,
-                progress=advance,
-                first_imei=first_imei,
-            )
         if mode is Mode.hold:
             return await load.hold(
                 host,
@@ -116,12 +108,27 @@ def simulate(
                 done[0] += value
                 bar.update(task, completed=done[0])
 
-        try:
-            import uvloop
-        except ImportError:
-            summary = asyncio.run(run(advance))
+        if mode is Mode.storm:
+            # A blocking selector loop: no event loop between the kernel
+            # and the connect times it measures.
+            try:
+                summary = load.storm(
+                    host,
+                    port,
+                    connections=connections,
+                    progress=advance,
+                    first_imei=first_imei,
+                )
+            except load.LoadError as exc:
+                typer.echo(str(exc), err=True)
+                raise typer.Exit(2) from exc
         else:
-            summary = uvloop.run(run(advance))
+            try:
+                import uvloop
+            except ImportError:
+                summary = asyncio.run(run(advance))
+            else:
+                summary = uvloop.run(run(advance))
     summary["mode"] = mode.value
     typer.echo(json.dumps(summary, indent=2))
     failed = summary.get("devices_failed") or summary.get("refused")

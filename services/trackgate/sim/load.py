@@ -3,26 +3,86 @@
 Each returns a JSON-ready summary. They open real TCP connections to the
 gateway and measure from the device's side; the gateway's own view is in
 its metrics.
+
+The simulator shares the machine with the gateway and Redis during a
+benchmark, so the two busy modes are written to cost little CPU:
+throughput drives each device from transport callbacks (no stream reader,
+no task or timeout per read), and storm is a plain non-blocking loop over
+the kernel's selector, with no event loop at all. :class:`SimDevice`
+stays the device for tests that audit every record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import random
+import selectors
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from trackgate.core.limits import raise_fd_limit
-from trackgate.protocol import encode_imei
-from trackgate.sim import SimDevice, imei_for, percentile
+from trackgate.protocol import (
+    CODEC_12,
+    CODEC_14,
+    COMMAND_TYPE,
+    RESPONSE_TYPE,
+    GprsMessage,
+    ProtocolError,
+    decode_tcp_frame,
+    encode_gprs_message,
+    encode_imei,
+)
+from trackgate.sim import (
+    MAX_COMMAND_FRAME,
+    DeviceError,
+    SimDevice,
+    default_command_handler,
+    imei_for,
+    percentile,
+)
 
 Progress = Callable[[int], None]
 
 #: A connect slower than this went through a SYN retransmission (the first
 #: retransmit fires after 1 s): the SYN was dropped somewhere.
 SYN_RETRANSMIT_S = 0.9
+
+#: How long a storm connect, and then its IMEI reply, may take before it
+#: counts as a failure: long enough for several SYN retransmissions.
+STORM_TIMEOUT_S = 30.0
+
+#: Connects a storm starts between two looks at the selector. A completion
+#: is stamped when the selector is next read, so a long run of connect()
+#: calls (some 30 us each on loopback) would add itself to the connect
+#: times of the first sockets of the run.
+STORM_START_BURST = 32
+
+#: File descriptors a storm leaves free besides its sockets: stdio, the
+#: selector, whatever the interpreter has open.
+SPARE_FDS = 64
+
+#: What a throughput device waits for an IMEI reply or an ACK, and how it
+#: backs off between sessions: the same as :class:`SimDevice`.
+RESPONSE_TIMEOUT_S = 10.0
+RECONNECT_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+#: A Codec 12/14 frame starts with this; an ACK (a record count) never does.
+_PREAMBLE = bytes(4)
+_FRAME_HEAD = 8
+_CRC_FIELD = 4
+
+
+class LoadError(Exception):
+    """The load asked for cannot run here (e.g. too few file descriptors)."""
+
+
+# Throughput ----------------------------------------------------------------
 
 
 async def throughput(
@@ -38,8 +98,18 @@ async def throughput(
     progress: Progress | None = None,
     first_imei: int = 0,
     interval: float = 0.0,
+    response_timeout: float = RESPONSE_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """N devices each send M packets of K records; every ACK is checked."""
+    """N devices each send M packets of K records; every ACK is checked.
+
+    A device sends its next packet when the ACK of the previous one says
+    exactly its record count, or ``interval`` seconds after it (the first
+    packet at a random point of the first interval). A wrong or missing
+    ACK, or a lost connection, makes it send the same packet again on a new
+    connection after a backoff. Codec 12/14 commands are answered as
+    :class:`SimDevice` answers them. ``ack_latency_ms`` is from writing a
+    packet to reading its ACK.
+    """
     raise_fd_limit()
     # One set of packets shared by the fleet: a device's records are unique
     # to it by IMEI, and encoding 20 records per packet per device would
@@ -47,27 +117,28 @@ async def throughput(
     template = SimDevice.with_records(
         imei_for(first_imei), packets, records, codec=codec
     )
+    frames = [(frame, len(recs)) for frame, recs in template.packets]
     fleet = [
-        SimDevice(imei_for(first_imei + i), template.packets, interval=interval)
+        _Device(imei_for(first_imei + i), frames, interval, response_timeout)
         for i in range(devices)
     ]
     limit = asyncio.Semaphore(concurrency or devices)
     deadline = time.monotonic() + timeout
 
-    async def one(device: SimDevice) -> None:
+    async def one(device: _Device) -> None:
         if interval:
             # Devices of a fleet are not in step: spread their first packets.
             await asyncio.sleep(random.uniform(0, interval))
         async with limit:
             await device.run(host, port, deadline=deadline)
         if progress is not None:
-            progress(device.stats.records_acked)
+            progress(device.records_acked)
 
     started = time.perf_counter()
     outcomes = await asyncio.gather(*(one(d) for d in fleet), return_exceptions=True)
     elapsed = time.perf_counter() - started
-    latencies = [x for d in fleet for x in d.stats.ack_latencies]
-    acked = sum(d.stats.records_acked for d in fleet)
+    latencies = [x for d in fleet for x in d.ack_latencies]
+    acked = sum(d.records_acked for d in fleet)
     return {
         "mode": "throughput",
         "devices": devices,
@@ -76,15 +147,231 @@ async def throughput(
         "records_sent": devices * packets * records,
         "records_acked": acked,
         "devices_failed": sum(isinstance(o, BaseException) for o in outcomes),
-        "resends": sum(d.stats.resends for d in fleet),
-        "reconnects": sum(max(d.stats.connects - 1, 0) for d in fleet),
+        "resends": sum(d.resends for d in fleet),
+        "reconnects": sum(max(d.connects - 1, 0) for d in fleet),
         "seconds": round(elapsed, 3),
         "records_per_s": round(acked / elapsed, 1) if elapsed else 0.0,
         "ack_latency_ms": _latency_summary(latencies),
     }
 
 
-async def storm(
+@dataclass(eq=False)
+class _Device:
+    """One device of a throughput run: its packets and what happened to them.
+
+    ``resends`` counts packets that were written and then had to be written
+    again (wrong or missing ACK, connection lost while waiting for it).
+    """
+
+    imei: str
+    packets: Sequence[tuple[bytes, int]]
+    interval: float
+    response_timeout: float
+    connects: int = 0
+    resends: int = 0
+    packets_acked: int = 0
+    records_acked: int = 0
+    commands_answered: int = 0
+    ack_latencies: list[float] = field(default_factory=list)
+
+    async def run(self, host: str, port: int, *, deadline: float) -> None:
+        """Deliver every packet, reconnecting as needed, until ``deadline``."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while self.packets_acked < len(self.packets):
+            if time.monotonic() > deadline:
+                raise DeviceError(
+                    f"{self.imei}: {self.packets_acked} of "
+                    f"{len(self.packets)} packets ACKed by the deadline"
+                )
+            acked_before = self.packets_acked
+            try:
+                transport, session = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Session(self, loop), host, port),
+                    self.response_timeout,
+                )
+                try:
+                    await session.finished
+                finally:
+                    transport.close()
+            except (OSError, TimeoutError, DeviceError):
+                if self.packets_acked > acked_before:
+                    failures = 0  # back off longer only while nothing gets through
+                delay = RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)]
+                failures += 1
+                await asyncio.sleep(delay * (0.5 + random.random()))
+
+
+class _Session(asyncio.Protocol):
+    """One connection of a :class:`_Device`, driven by transport callbacks.
+
+    The next packet is written from the callback that read the ACK. One
+    timer per session enforces the response timeout: each write moves a
+    deadline forward, and the timer, when it fires early, re-arms itself
+    for that deadline instead of being replaced on every packet.
+    """
+
+    def __init__(self, device: _Device, loop: asyncio.AbstractEventLoop) -> None:
+        self.device = device
+        self.loop = loop
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        #: "login" or "ack" while a reply is due (the timer runs), "idle"
+        #: between paced packets (only commands may come), then "done"
+        self.waiting = "login"
+        self.sent_at = 0.0
+        self.expires = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.pacer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.device.connects += 1
+        self.transport.write(encode_imei(self.device.imei))
+        self._expect_reply()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._stop_timers()
+        if self.waiting == "ack":
+            self.device.resends += 1
+        self._end(exc or ConnectionResetError(f"{self.device.imei}: closed by peer"))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        while buffer and not self.finished.done():
+            if self.waiting == "login":
+                if buffer[0] != 1:
+                    self._fail(DeviceError(f"{self.device.imei}: IMEI refused"))
+                    return
+                del buffer[:1]
+                self._send_packet()
+            elif not buffer.startswith(_PREAMBLE):
+                if len(buffer) < 4:
+                    return
+                count = int.from_bytes(buffer[:4], "big")
+                del buffer[:4]
+                self._acked(count)
+            elif not self._take_command():
+                return
+
+    def _acked(self, count: int) -> None:
+        device = self.device
+        if self.waiting != "ack":
+            self._fail(DeviceError(f"{device.imei}: ACK {count} with none due"))
+            return
+        records = device.packets[device.packets_acked][1]
+        if count != records:
+            # What a device does: keep the records, close, send again.
+            device.resends += 1
+            self._fail(DeviceError(f"{device.imei}: ACK {count} for {records}"))
+            return
+        device.ack_latencies.append(time.perf_counter() - self.sent_at)
+        device.packets_acked += 1
+        device.records_acked += count
+
+        if device.packets_acked == len(device.packets):
+            self.waiting = "done"
+            self._stop_timers()
+            self._end(None)
+        elif device.interval:
+            self.waiting = "idle"
+            self.pacer = self.loop.call_later(device.interval, self._send_packet)
+        else:
+            self._send_packet()
+
+    def _send_packet(self) -> None:
+        self.pacer = None
+        if self.transport is None:
+            return
+        self.waiting = "ack"
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.device.packets[self.device.packets_acked][0])
+        self._expect_reply()
+
+    def _take_command(self) -> bool:
+        """Answer the command frame at the head of the buffer, if it is whole."""
+        buffer = self.buffer
+        if len(buffer) < _FRAME_HEAD:
+            return False
+        length = int.from_bytes(buffer[4:_FRAME_HEAD], "big")
+        if length > MAX_COMMAND_FRAME:
+            self._fail(DeviceError(f"{self.device.imei}: {length}-byte frame"))
+            return False
+        end = _FRAME_HEAD + length + _CRC_FIELD
+        if len(buffer) < end:
+            return False
+        frame = bytes(buffer[:end])
+        del buffer[:end]
+        try:
+            message = decode_tcp_frame(frame)
+        except ProtocolError as exc:
+            self._fail(DeviceError(f"{self.device.imei}: bad command frame: {exc}"))
+            return False
+        if isinstance(message, GprsMessage):
+            self._answer(message)
+        return True
+
+    def _answer(self, message: GprsMessage) -> None:
+        if message.type != COMMAND_TYPE or self.transport is None:
+            return
+        answer = default_command_handler(message.payload.decode("ascii", "replace"))
+        if answer is None:
+            return
+        if message.codec == CODEC_14:
+            reply = encode_gprs_message(
+                CODEC_14, RESPONSE_TYPE, answer.encode(), imei=self.device.imei
+            )
+        else:
+            reply = encode_gprs_message(CODEC_12, RESPONSE_TYPE, answer.encode())
+        self.transport.write(reply)
+        self.device.commands_answered += 1
+
+    def _expect_reply(self) -> None:
+        self.expires = self.loop.time() + self.device.response_timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.expires, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self.timer = None
+        if self.waiting not in ("login", "ack"):
+            return
+        if self.loop.time() < self.expires:
+            self.timer = self.loop.call_at(self.expires, self._check_timeout)
+            return
+        if self.waiting == "ack":
+            self.device.resends += 1
+        waited = "IMEI reply" if self.waiting == "login" else "ACK"
+        self._fail(TimeoutError(f"{self.device.imei}: no {waited}"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.waiting = "done"
+        self._stop_timers()
+        self._end(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _end(self, exc: Exception | None) -> None:
+        if self.finished.done():
+            return
+        if exc is None:
+            self.finished.set_result(None)
+        else:
+            self.finished.set_exception(exc)
+
+    def _stop_timers(self) -> None:
+        for handle in (self.timer, self.pacer):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.pacer = None
+
+
+# Storm ---------------------------------------------------------------------
+
+
+def storm(
     host: str,
     port: int,
     *,
@@ -94,67 +381,266 @@ async def storm(
     hold: float = 1.0,
     progress: Progress | None = None,
     first_imei: int = 0,
+    timeout: float = STORM_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Open N connections as fast as possible, as after a cell outage.
 
-    Up to ``concurrency`` connects are in flight at once: enough to overflow
-    any accept queue that is not drained, few enough that the time measured
-    is the kernel's and the gateway's, not this process's own event loop
-    working through thousands of callbacks.
+    Up to ``concurrency`` connections are being set up at once (connect,
+    then the IMEI login when ``handshake``): enough to overflow any accept
+    queue that is not drained. This is a blocking function with no event
+    loop: one selector, non-blocking sockets, one clock reading per wakeup.
+
+    ``connect_ms`` runs from ``connect()`` to the selector reporting the
+    socket writable: the SYN to SYN-ACK path, plus however long this process
+    took to look again (at most :data:`STORM_START_BURST` connects or one
+    pass over the sockets that were ready; well under a millisecond unless
+    the CPU is taken by others). Anything near a second is a dropped SYN.
+    ``handshake_ms`` runs from there to reading the gateway's 0x01, so it
+    includes the wait for the gateway to accept the connection.
+
+    ``failures`` counts connections by what ended them: the OSError of a
+    failed connect or login by class (``ConnectionRefusedError``) or errno
+    name (``EHOSTUNREACH``), ``TimeoutError`` for a connect or login slower
+    than ``timeout``, ``ImeiRefused`` for a reply other than 0x01 and
+    ``ClosedBeforeReply`` when the gateway closed without one. Connections
+    that logged in are held ``hold`` seconds, then closed.
+
+    Raises:
+        LoadError: the open-file limit cannot hold ``connections`` sockets.
     """
-    raise_fd_limit()
-    loop = asyncio.get_running_loop()
-    times: list[float] = []
-    failures: dict[str, int] = {}
-    handshakes = 0
-    socks: list[socket.socket] = []
-    done = 0
-
-    in_flight = asyncio.Semaphore(concurrency)
-
-    async def one(index: int) -> None:
-        nonlocal handshakes, done
-        async with in_flight:
-            try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            except OSError as exc:
-                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-                return
-            sock.setblocking(False)
-            started = time.perf_counter()
-            try:
-                await loop.sock_connect(sock, (host, port))
-                times.append(time.perf_counter() - started)
-                if handshake:
-                    imei = encode_imei(imei_for(first_imei + index))
-                    await loop.sock_sendall(sock, imei)
-                    reply = await asyncio.wait_for(loop.sock_recv(sock, 1), 30)
-                    handshakes += reply == b"\x01"
-                socks.append(sock)
-            except (OSError, TimeoutError) as exc:
-                key = type(exc).__name__
-                failures[key] = failures.get(key, 0) + 1
-                sock.close()
-        done += 1
-        if progress is not None:
-            progress(done)
-
+    limit = raise_fd_limit()
+    if connections + SPARE_FDS > limit:
+        raise LoadError(
+            f"{connections} connections need {connections + SPARE_FDS} open "
+            f"files; the limit is {limit}: run fewer, or raise ulimit -n"
+        )
+    run = _Storm(
+        host,
+        port,
+        concurrency=concurrency,
+        handshake=handshake,
+        timeout=timeout,
+        first_imei=first_imei,
+        progress=progress,
+    )
     started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(connections)))
-    elapsed = time.perf_counter() - started
-    await asyncio.sleep(hold)
-    for sock in socks:
-        sock.close()
+    try:
+        run.open(connections)
+        elapsed = time.perf_counter() - started
+        time.sleep(hold)
+    finally:
+        run.close()
     return {
         "mode": "storm",
         "connections": connections,
-        "connected": len(times),
-        "handshakes": handshakes,
-        "failures": failures,
+        "connected": len(run.connect_times),
+        "handshakes": len(run.handshake_times),
+        "failures": run.failures,
         "seconds": round(elapsed, 3),
-        "connect_ms": _latency_summary(times),
-        "connects_over_0_9s": sum(t >= SYN_RETRANSMIT_S for t in times),
+        "connect_ms": _latency_summary(run.connect_times),
+        "connects_over_0_9s": sum(t >= SYN_RETRANSMIT_S for t in run.connect_times),
+        "handshake_ms": _latency_summary(run.handshake_times),
     }
+
+
+@dataclass(eq=False, slots=True)
+class _Attempt:
+    """One storm connection on its way to being held."""
+
+    index: int
+    sock: socket.socket
+    started: float
+    connected_at: float = 0.0
+    #: login bytes not yet written; empty until the connect completes
+    unsent: bytes = b""
+    #: "connect", then "login" until the reply, then "done"
+    phase: str = "connect"
+
+
+class _Storm:
+    """The selector loop behind :func:`storm`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        concurrency: int,
+        handshake: bool,
+        timeout: float,
+        first_imei: int,
+        progress: Progress | None,
+    ) -> None:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        self.family = family
+        self.address = address
+        self.concurrency = concurrency
+        self.handshake = handshake
+        self.timeout = timeout
+        self.first_imei = first_imei
+        self.progress = progress
+        self.selector = selectors.DefaultSelector()
+        #: (deadline, attempt, phase): appended at "now + timeout", so in
+        #: deadline order; entries whose attempt moved on are skipped
+        self.deadlines: deque[tuple[float, _Attempt, str]] = deque()
+        self.in_flight = 0
+        self.done = 0
+        self.held: list[socket.socket] = []
+        self.connect_times: list[float] = []
+        self.handshake_times: list[float] = []
+        self.failures: dict[str, int] = {}
+
+    def open(self, connections: int) -> None:
+        next_index = 0
+        reported = 0
+        while next_index < connections or self.in_flight:
+            room = min(
+                self.concurrency - self.in_flight,
+                connections - next_index,
+                STORM_START_BURST,
+            )
+            for index in range(next_index, next_index + room):
+                self._start(index)
+            next_index += room
+
+            # Connects refused at once leave nothing to wait for; with more
+            # to start, only look at what is ready.
+            more = next_index < connections and self.in_flight < self.concurrency
+            if self.in_flight:
+                self._poll(block=not more)
+            if self.progress is not None and self.done != reported:
+                reported = self.done
+                self.progress(reported)
+
+    def close(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            cast(socket.socket, key.fileobj).close()
+        self.selector.close()
+        for sock in self.held:
+            sock.close()
+        self.held.clear()
+
+    def _poll(self, *, block: bool) -> None:
+        """Handle what the selector reports, stamped with one clock reading."""
+        wait: float | None = 0.0
+        if block:
+            wait = None
+            if self.deadlines:
+                wait = max(self.deadlines[0][0] - time.perf_counter(), 0.0)
+        events = self.selector.select(wait)
+        now = time.perf_counter()
+        for key, _mask in events:
+            attempt: _Attempt = key.data
+            if attempt.phase == "connect":
+                self._connected(attempt, now)
+            elif attempt.unsent:
+                self._send_login(attempt)
+            else:
+                self._replied(attempt, now)
+        self._expire(now)
+
+    def _start(self, index: int) -> None:
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._count(_failure_kind(exc))
+            self.done += 1
+            return
+        sock.setblocking(False)
+        attempt = _Attempt(index, sock, time.perf_counter())
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._count(_failure_kind(OSError(code, os.strerror(code))))
+            self.done += 1
+            return
+        self.in_flight += 1
+        self.selector.register(sock, selectors.EVENT_WRITE, attempt)
+        self.deadlines.append((attempt.started + self.timeout, attempt, "connect"))
+        if code == 0:
+            self._connected(attempt, time.perf_counter())
+
+    def _connected(self, attempt: _Attempt, now: float) -> None:
+        code = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._drop(attempt, _failure_kind(OSError(code, os.strerror(code))))
+            return
+        self.connect_times.append(now - attempt.started)
+        if not self.handshake:
+            self._hold(attempt)
+            return
+        attempt.phase = "login"
+        attempt.connected_at = now
+        attempt.unsent = encode_imei(imei_for(self.first_imei + attempt.index))
+        self.deadlines.append((now + self.timeout, attempt, "login"))
+        self._send_login(attempt)
+
+    def _send_login(self, attempt: _Attempt) -> None:
+        try:
+            sent = attempt.sock.send(attempt.unsent)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._drop(attempt, _failure_kind(exc))
+            return
+        attempt.unsent = attempt.unsent[sent:]
+        # A fresh socket takes 17 bytes at once; a partial write waits for room.
+        wanted = selectors.EVENT_WRITE if attempt.unsent else selectors.EVENT_READ
+        self.selector.modify(attempt.sock, wanted, attempt)
+
+    def _replied(self, attempt: _Attempt, now: float) -> None:
+        try:
+            reply = attempt.sock.recv(1)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._drop(attempt, _failure_kind(exc))
+            return
+        if reply == b"\x01":
+            self.handshake_times.append(now - attempt.connected_at)
+            self._hold(attempt)
+        elif reply:
+            self._drop(attempt, "ImeiRefused")
+        else:
+            self._drop(attempt, "ClosedBeforeReply")
+
+    def _expire(self, now: float) -> None:
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, attempt, phase = deadlines.popleft()
+            if attempt.phase == phase:
+                self._drop(attempt, "TimeoutError")
+
+    def _hold(self, attempt: _Attempt) -> None:
+        self.selector.unregister(attempt.sock)
+        self.held.append(attempt.sock)
+        self._finish(attempt)
+
+    def _drop(self, attempt: _Attempt, kind: str) -> None:
+        self.selector.unregister(attempt.sock)
+        attempt.sock.close()
+        self._count(kind)
+        self._finish(attempt)
+
+    def _finish(self, attempt: _Attempt) -> None:
+        attempt.phase = "done"
+        self.in_flight -= 1
+        self.done += 1
+
+    def _count(self, kind: str) -> None:
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
+
+def _failure_kind(exc: OSError) -> str:
+    """The error's class, or its errno name where the class says no more."""
+    if type(exc) is OSError and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, "OSError")
+    return type(exc).__name__
+
+
+# Hold ----------------------------------------------------------------------
 
 
 async def hold(

@@ -1,0 +1,350 @@
+"""The load modes of ``trackgate simulate`` against real gateways.
+
+Throughput and storm run against ``trackgate ingest`` and a real Redis, and
+what they report is checked against what the gateway stored. Behaviour a
+real gateway does not show on demand (a wrong ACK, a command before an
+ACK, silence, a refused IMEI) comes from small scripted peers on real
+sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support.servers import IngestProcess, RedisServer, free_port
+from trackgate.core.commands import CommandState, CommandStore, NewCommand
+from trackgate.core.keys import Keys
+from trackgate.core.redisconn import async_client
+from trackgate.protocol import (
+    CODEC_12,
+    RESPONSE_TYPE,
+    AvlPacket,
+    GprsMessage,
+    decode_tcp_frame,
+    encode_command,
+    imei_reply,
+    tcp_ack,
+)
+from trackgate.sim import imei_for, load
+
+KEYS = Keys()
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_proc: RedisServer) -> Iterator[IngestProcess]:
+    """One gateway for the module; tests keep apart by their IMEIs."""
+    ingest = IngestProcess(
+        redis_proc.url, max_connections="100000", max_connections_per_ip="100000"
+    )
+    ingest.start()
+    try:
+        yield ingest
+    finally:
+        ingest.stop()
+
+
+def stored_per_imei(redis_url: str) -> Counter[str]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    stored: Counter[str] = Counter()
+    for stream in KEYS.all_records():
+        for _id, fields in client.xrange(stream):
+            stored[fields["imei"]] += 1
+    client.close()
+    return stored
+
+
+# Throughput against the gateway ---------------------------------------------
+
+
+async def test_throughput_every_record_is_acked_and_stored(
+    gateway: IngestProcess, redis_url: str
+) -> None:
+    summary = await load.throughput(
+        HOST, gateway.port, devices=5, packets=4, records=10, codec=0x08,
+        first_imei=1000, timeout=60,
+    )  # fmt: skip
+
+    assert summary["records_sent"] == 5 * 4 * 10
+    assert summary["records_acked"] == summary["records_sent"]
+    assert (summary["devices_failed"], summary["resends"]) == (0, 0)
+    assert summary["reconnects"] == 0
+    assert 0 < summary["ack_latency_ms"]["p50"] <= summary["ack_latency_ms"]["max"]
+    assert summary["records_per_s"] > 0
+    stored = stored_per_imei(redis_url)
+    assert stored == {imei_for(1000 + i): 40 for i in range(5)}
+
+
+async def test_paced_device_sends_at_its_interval_and_answers_commands(
+    gateway: IngestProcess, redis_url: str
+) -> None:
+    imei = imei_for(2000)
+    client = async_client(redis_url, decode_responses=True)
+    commands = CommandStore(client, KEYS)
+    started = time.monotonic()
+    run = asyncio.create_task(
+        load.throughput(
+            HOST,
+            gateway.port,
+            devices=1,
+            packets=8,
+            records=2,
+            interval=0.25,
+            first_imei=2000,
+            timeout=60,
+        )
+    )
+    try:
+        queued, _ = await commands.enqueue(NewCommand(imei=imei, text="getver"))
+        deadline = time.monotonic() + 10
+        command = queued
+        while command.state != CommandState.ANSWERED:
+            assert time.monotonic() < deadline, "the command was never answered"
+            await asyncio.sleep(0.05)
+            command = await commands.get(imei, queued.id)
+        summary = await run
+    finally:
+        await client.aclose()
+    took = time.monotonic() - started
+
+    assert command.response is not None and command.response.startswith("Ver:")
+    assert summary["records_acked"] == 16
+    assert summary["resends"] == 0
+    # Seven pauses of 0.25 s after the first packet, plus up to one before it.
+    assert 7 * 0.25 <= took < 8 * 0.25 + 3
+    assert stored_per_imei(redis_url)[imei] == 16
+
+
+@pytest.mark.slow
+async def test_gateway_restart_mid_run_loses_nothing(redis_url: str) -> None:
+    ingest = IngestProcess(redis_url)
+    await asyncio.to_thread(ingest.start)
+    run = asyncio.create_task(
+        load.throughput(
+            HOST,
+            ingest.port,
+            devices=10,
+            packets=30,
+            records=2,
+            interval=0.05,
+            first_imei=3000,
+            timeout=60,
+        )
+    )
+    try:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(ingest.stop)
+        await asyncio.to_thread(ingest.start)
+        summary = await asyncio.wait_for(run, 60)
+    finally:
+        await asyncio.to_thread(ingest.stop)
+
+    assert summary["devices_failed"] == 0
+    assert summary["records_acked"] == summary["records_sent"] == 600
+    assert summary["reconnects"] >= 10
+    # Resent packets were stored once.
+    assert stored_per_imei(redis_url) == {imei_for(3000 + i): 60 for i in range(10)}
+
+
+# Throughput against a scripted gateway --------------------------------------
+
+
+class ScriptedGateway:
+    """Logs devices in and ACKs packets; what to do per packet is scripted.
+
+    ``script`` maps (connection number, packet number on it) to an action:
+    "command-then-wrong-ack", "silence"; anything else gets the right ACK.
+    """
+
+    def __init__(self, script: dict[tuple[int, int], str]) -> None:
+        self.script = script
+        self.connections = 0
+        self.packets: list[tuple[int, bytes]] = []
+        self.responses: list[GprsMessage] = []
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        connection = self.connections
+        self.connections += 1
+        try:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            await reader.readexactly(size)
+            writer.write(imei_reply(True))
+            number = 0
+            while True:
+                frame = await self._frame(reader)
+                message = decode_tcp_frame(frame)
+                if isinstance(message, GprsMessage):
+                    self.responses.append(message)
+                    continue
+                assert isinstance(message, AvlPacket)
+                self.packets.append((connection, frame))
+                action = self.script.get((connection, number), "ack")
+                number += 1
+                if action == "command-then-wrong-ack":
+                    writer.write(encode_command("getver"))
+                    writer.write(tcp_ack(len(message.records) + 1))
+                elif action != "silence":
+                    writer.write(tcp_ack(len(message.records)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _frame(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readexactly(8)
+        length = int.from_bytes(head[4:], "big")
+        return head + await reader.readexactly(length + 4)
+
+
+async def test_wrong_ack_after_a_command_resends_the_packet_on_a_new_connection() -> (
+    None
+):
+    gateway = ScriptedGateway({(0, 1): "command-then-wrong-ack"})
+    server = await asyncio.start_server(gateway.serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=1, packets=3, records=4, codec=0x08, timeout=30
+        )
+
+    assert summary["records_acked"] == summary["records_sent"] == 12
+    assert (summary["resends"], summary["reconnects"]) == (1, 1)
+    assert summary["devices_failed"] == 0
+    # Packet 1 went out on the first connection, then again on the second.
+    assert [c for c, _ in gateway.packets] == [0, 0, 1, 1]
+    assert gateway.packets[1][1] == gateway.packets[2][1]
+    # The command was answered before the wrong ACK was read.
+    [answer] = gateway.responses
+    assert (answer.codec, answer.type) == (CODEC_12, RESPONSE_TYPE)
+    assert answer.payload.startswith(b"Ver:")
+
+
+async def test_missing_ack_times_out_and_resends_the_packet() -> None:
+    gateway = ScriptedGateway({(0, 0): "silence"})
+    server = await asyncio.start_server(gateway.serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    started = time.monotonic()
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=1, packets=2, records=3, response_timeout=0.3,
+            timeout=30,
+        )  # fmt: skip
+    took = time.monotonic() - started
+
+    assert summary["records_acked"] == 6
+    assert (summary["resends"], summary["reconnects"]) == (1, 1)
+    assert [c for c, _ in gateway.packets] == [0, 1, 1]
+    assert gateway.packets[0][1] == gateway.packets[1][1]
+    assert took >= 0.3
+
+
+async def test_device_that_misses_the_deadline_is_counted_failed() -> None:
+    gateway = ScriptedGateway({(c, 0): "silence" for c in range(100)})
+    server = await asyncio.start_server(gateway.serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=2, packets=1, records=1, response_timeout=0.2,
+            timeout=0.5,
+        )  # fmt: skip
+
+    assert summary["devices_failed"] == 2
+    assert summary["records_acked"] == 0
+    assert summary["resends"] >= 2
+
+
+# Storm -----------------------------------------------------------------------
+
+
+def test_storm_logs_in_every_connection(gateway: IngestProcess) -> None:
+    summary = load.storm(
+        HOST, gateway.port, connections=200, concurrency=50, hold=0.1,
+        first_imei=4000,
+    )  # fmt: skip
+
+    assert summary["connected"] == summary["handshakes"] == 200
+    assert summary["failures"] == {}
+    assert summary["connects_over_0_9s"] == 0
+    assert 0 < summary["connect_ms"]["p50"] <= summary["connect_ms"]["max"] < 900
+    assert 0 < summary["handshake_ms"]["p50"] <= summary["handshake_ms"]["max"]
+    assert summary["seconds"] > 0
+
+
+def test_storm_reports_progress_up_to_every_connection(
+    gateway: IngestProcess,
+) -> None:
+    seen: list[int] = []
+    load.storm(
+        HOST, gateway.port, connections=100, hold=0, first_imei=5000,
+        progress=seen.append,
+    )  # fmt: skip
+
+    assert seen == sorted(seen)
+    assert seen[-1] == 100
+
+
+def test_storm_against_a_closed_port_counts_every_refusal() -> None:
+    summary = load.storm(HOST, free_port(), connections=120, concurrency=50, hold=0)
+
+    assert summary["connected"] == summary["handshakes"] == 0
+    assert summary["failures"] == {"ConnectionRefusedError": 120}
+    assert summary["connect_ms"]["max"] == 0
+
+
+def test_storm_counts_a_silent_listener_as_login_timeouts() -> None:
+    # The kernel completes the connects; nothing ever answers the IMEI.
+    with socket.create_server((HOST, 0), backlog=128) as listener:
+        port = listener.getsockname()[1]
+        summary = load.storm(HOST, port, connections=40, hold=0, timeout=0.3)
+
+    assert summary["connected"] == 40
+    assert summary["handshakes"] == 0
+    assert summary["failures"] == {"TimeoutError": 40}
+
+
+def test_storm_without_handshake_holds_bare_connections() -> None:
+    with socket.create_server((HOST, 0), backlog=128) as listener:
+        port = listener.getsockname()[1]
+        summary = load.storm(
+            HOST, port, connections=40, handshake=False, hold=0, timeout=0.3
+        )
+
+    assert summary["connected"] == 40
+    assert (summary["handshakes"], summary["failures"]) == (0, {})
+
+
+async def test_storm_counts_refused_imeis_and_early_closes() -> None:
+    async def refuse_even_close_odd(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        login = await reader.readexactly(17)
+        if int(login[2:]) % 2 == 0:
+            writer.write(imei_reply(False))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse_even_close_odd, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await asyncio.to_thread(
+            load.storm, HOST, port, connections=30, hold=0
+        )
+
+    assert summary["connected"] == 30
+    assert summary["handshakes"] == 0
+    assert summary["failures"] == {"ImeiRefused": 15, "ClosedBeforeReply": 15}
+
+
+def test_storm_refuses_more_connections_than_open_files() -> None:
+    with pytest.raises(load.LoadError, match="open files"):
+        load.storm(HOST, free_port(), connections=10**9)

@@ -276,3 +276,24 @@ async def test_the_device_hash_keeps_the_newest_position_and_counts(
     assert device["bursts_total"] == "1"
     assert device["imei"] == IMEI and device["transport"] == "tcp"
     await client.aclose()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=40))
+def test_coordinates_pack_as_their_repr(wire_values: list[int]) -> None:
+    # The compiled packer writes wire coordinates without float formatting;
+    # the text must still be repr() of the decoded float, edges included.
+    edges = [0, 1, -1, 999, -999, 1000, -1000, 10**7, -(10**7), 2**31 - 1, -(2**31)]
+    values = [v / 1e7 for v in wire_values + edges]
+    records = [
+        AvlRecord(timestamp=1, priority=0, longitude=v, latitude=-v, altitude=0,
+                  angle=0, satellites=0, speed=0, event_id=0, io={})
+        for v in values
+    ]  # fmt: skip
+    write = PacketWrite(IMEI, 0x08, records, 1, "tcp", "10.0.0.1:1")
+    packed = pack_store_records(COMMAND, write)
+    assert packed == hiredis.pack_command((*COMMAND, *store_records_args(write)))
+    assert (
+        f"$9\r\nlongitude\r\n${len(repr(values[0]))}\r\n{values[0]!r}\r\n".encode()
+        in packed
+    )

@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -137,12 +138,58 @@ put_int(Buffer *b, PyObject *value, int bulk)
     return put_text_of(b, value, 0, bulk);
 }
 
+/* repr() of a coordinate, a wire int32 divided by 1e7, without dtoa.
+ *
+ * The decimal i / 10^7 rounds to the double v, and any decimal with fewer
+ * significant digits is at least 1e-7 away from it, far more than half a
+ * unit in the last place of any |v| < 256: so the shortest text that reads
+ * back as v, which is what repr() writes, is that decimal with its trailing
+ * zeros cut (keeping one digit after the point). From |v| >= 1e-4, i.e.
+ * |i| >= 1000, repr() writes no exponent. Returns the text's length, or 0
+ * when v is not such a value. */
+static int
+format_coordinate(char *out, double v)
+{
+    double scaled = v * 1e7;
+    if (!(scaled > -2147483649.0 && scaled < 2147483648.0)) {
+        return 0; /* also NaN */
+    }
+    long long i = llround(scaled);
+    if ((double)i / 1e7 != v || (i > -1000 && i < 1000)) {
+        return 0;
+    }
+    unsigned long long a = i < 0 ? 0ULL - (unsigned long long)i : (unsigned long long)i;
+    unsigned long long frac = a % 10000000ULL;
+    int n = 0;
+    if (i < 0) {
+        out[n++] = '-';
+    }
+    n += format_u64(out + n, a / 10000000ULL);
+    out[n++] = '.';
+    char digits[7];
+    for (int k = 6; k >= 0; k--) {
+        digits[k] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    int last = 6;
+    while (last > 0 && digits[last] == '0') {
+        last--;
+    }
+    memcpy(out + n, digits, (size_t)last + 1);
+    return n + last + 1;
+}
+
 /* repr(value) of a float, as a bulk string. */
 static int
 put_float(Buffer *b, PyObject *value)
 {
     if (!PyFloat_CheckExact(value)) {
         return put_text_of(b, value, 1, 1);
+    }
+    char coordinate[48];
+    int n = format_coordinate(coordinate, PyFloat_AS_DOUBLE(value));
+    if (n > 0) {
+        return put_bulk(b, coordinate, n);
     }
     char *text = PyOS_double_to_string(PyFloat_AS_DOUBLE(value), 'r', 0,
                                        Py_DTSF_ADD_DOT_0, NULL);

@@ -167,7 +167,7 @@ def main() -> None:
     # The half-load run gets a fresh gateway so its ACK histogram is its own.
     # 20 Codec 8 records with six IO values: a 1,076-byte packet, what a
     # device emptying its memory sends (devices cap packets at 1,280 bytes).
-    devices, packets, records = (50, 10, 20) if q else (200, 25, 20)
+    devices, packets, records = (50, 10, 20) if q else (200, 50, 20)
     storm_n = 2000 if q else 10_000
     hold_n = 4000 if q else 20_000
 

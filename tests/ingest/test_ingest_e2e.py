@@ -259,6 +259,48 @@ def test_resent_packet_is_stored_once(db: SyncClient, ingest: IngestProcess) -> 
     assert counts == ["8", "16"]
 
 
+def metric_sum(ingest: IngestProcess, name: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{ingest.admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("transport", "tcp") == "tcp"
+    )
+
+
+def test_every_packet_and_record_is_counted_in_the_metrics(
+    db: SyncClient, ingest: IngestProcess
+) -> None:
+    names = ("trackgate_records_total", "trackgate_records_duplicate_total",
+             "trackgate_ack_latency_seconds_count",
+             "trackgate_record_lag_seconds_count")  # fmt: skip
+    before = {n: metric_sum(ingest, n) for n in names}
+    device = Device(ingest.port)
+    assert device.login() == b"\x01"
+    records = make_records(5, start_ms=int(time.time() * 1000) - 60_000, codec=8)
+    packet = encode_avl_packet(8, records)
+    for _ in range(2):  # the second one is a resend
+        device.sock.sendall(packet)
+        assert device.recv(4) == (5).to_bytes(4, "big")
+    device.close()
+
+    after = {n: metric_sum(ingest, n) for n in names}
+    delta = {n: after[n] - before[n] for n in names}
+    assert delta == {
+        "trackgate_records_total": 5,
+        "trackgate_records_duplicate_total": 5,
+        "trackgate_ack_latency_seconds_count": 2,
+        "trackgate_record_lag_seconds_count": 10,
+    }
+
+
 def test_udp_datagram_is_stored_and_acked_with_its_ids(
     db: SyncClient, ingest: IngestProcess
 ) -> None:

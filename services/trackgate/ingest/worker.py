@@ -313,12 +313,11 @@ class Worker:
     ) -> None:
         """Metrics of one ACKed packet, TCP or UDP."""
         t = self.telemetry
-        t.ack_latency.record(ack_seconds)
-        attrs = {tm.ATTR_TRANSPORT: transport}
+        t.ack_latency.observe(ack_seconds)
         if result.stored:
-            t.records.add(result.stored, attrs)
+            t.records.add(result.stored, transport)
         if result.duplicates:
-            t.duplicates.add(result.duplicates, attrs)
+            t.duplicates.add(result.duplicates, transport)
 
     def record_lags(self, packet: PacketWrite) -> None:
         now_ms = packet.received_at

@@ -14,7 +14,9 @@
 -- The entry's arguments go to XADD as they came (unpack of a range of
 -- ARGV): no string is split or built per record on the server.
 -- Returns {stored, duplicates, first id or "", last id or ""}.
-local window = redis.call('HGET', KEYS[2], 'window') or ''
+local call = redis.call
+local argv = ARGV
+local window = call('HGET', KEYS[2], 'window') or ''
 
 -- A digest is only a match on an 8-byte boundary of the window.
 local function seen(digest)
@@ -33,13 +35,15 @@ local first_id, last_id = '', ''
 -- copy is a duplicate too. The window grows once, at the end.
 local added, fresh = {}, {}
 local i = 6
-while i <= #ARGV do
-  local digest = ARGV[i]
-  local n = tonumber(ARGV[i + 1])
+local last = #argv
+local stream = KEYS[1]
+while i <= last do
+  local digest = argv[i]
+  local n = tonumber(argv[i + 1])
   if fresh[digest] or seen(digest) then
     duplicates = duplicates + 1
   else
-    last_id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + n))
+    last_id = call('XADD', stream, '*', unpack(argv, i + 2, i + 1 + n))
     if first_id == '' then first_id = last_id end
     stored = stored + 1
     added[stored] = digest

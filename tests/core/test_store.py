@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import time
 from typing import Any
 from unittest.mock import patch
@@ -15,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.protocol import strategies as gen
+from tests.support.servers import redis_server
 from trackgate.core import store as store_module
 from trackgate.core.keys import Keys
+from trackgate.core.redisconn import async_client
 from trackgate.core.store import (
     PacketWrite,
     RecordStore,
@@ -297,3 +300,28 @@ def test_coordinates_pack_as_their_repr(wire_values: list[int]) -> None:
         f"$9\r\nlongitude\r\n${len(repr(values[0]))}\r\n{values[0]!r}\r\n".encode()
         in packed
     )
+
+
+async def test_a_frozen_redis_fails_the_batch_within_the_socket_timeout() -> None:
+    with redis_server() as server:
+        assert server.process is not None
+        client = async_client(server.url, socket_timeout=0.5)
+        store = RecordStore(client, Keys())
+        write = packet(make_records(2, start_ms=1_700_000_000_000))
+        assert (await store.write([write]))[0].stored == 2
+
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="no reply from Redis within 0.5 s"):
+                await store.write([write])
+            assert 0.4 < time.monotonic() - started < 3
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+        # A fresh connection serves the resend: ACKed in full, stored once
+        # (whether or not Redis ran the abandoned batch when it woke up).
+        [again] = await store.write([write])
+        assert again.accepted == 2
+        assert await client.xlen(Keys().records_for(IMEI)) == 2
+        await client.aclose()

@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from math import inf
 from typing import Any, Literal
 
 import orjson
 from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import AsyncClient, is_cluster_client
@@ -325,15 +327,22 @@ class RecordStore:
         )
         pool = client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        # One deadline for the whole batch, the connection's socket timeout,
+        # rather than a timeout context per reply.
+        deadline = connection.socket_timeout
         try:
             await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
-            for _ in calls:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            async with asyncio.timeout(deadline):
+                for _ in calls:
+                    try:
+                        replies.append(await connection.read_response(timeout=inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
             return replies
+        except TimeoutError as exc:
+            await connection.disconnect()
+            raise RedisTimeoutError(f"no reply from Redis within {deadline} s") from exc
         except BaseException:
             # Replies may be left unread: the connection cannot be reused.
             await connection.disconnect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import signal
@@ -21,6 +22,7 @@ from trackgate.core import store as store_module
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import async_client
 from trackgate.core.store import (
+    CLUSTER_CONCURRENCY,
     PacketWrite,
     RecordStore,
     Retention,
@@ -325,3 +327,23 @@ async def test_a_frozen_redis_fails_the_batch_within_the_socket_timeout() -> Non
         assert again.accepted == 2
         assert await client.xlen(Keys().records_for(IMEI)) == 2
         await client.aclose()
+
+
+async def test_concurrent_batches_fit_the_store_client_on_both_backends(
+    any_redis_url: str,
+) -> None:
+    # Two batches in flight, as the writer's two lanes have them, on a
+    # client with the pool the worker gives its store: nothing refused.
+    client = async_client(any_redis_url, max_connections=CLUSTER_CONCURRENCY)
+    store = RecordStore(client, Keys(shards=4))
+    records = decode_tcp_frame(encode_avl_packet(0x08, make_records(20, codec=8)))
+    batches = [
+        [PacketWrite(str(356_307_040_000_000 + lane * 1000 + n), 0x08,
+                     records.records, 1, "tcp", "x")  # type: ignore[union-attr]
+         for n in range(120)]
+        for lane in range(2)
+    ]  # fmt: skip
+    results = await asyncio.gather(*(store.write(b) for b in batches))
+    assert [r.error for batch in results for r in batch] == [None] * 240
+    assert sum(r.stored for batch in results for r in batch) == 240 * 20
+    await client.aclose()

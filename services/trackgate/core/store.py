@@ -47,8 +47,9 @@ DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
 
 DIGEST_SIZE = 8
 
-#: Commands of one batch in flight at once on a Redis Cluster: below the
-#: client's connections per node, so a large batch waits instead of failing.
+#: Store commands in flight at once on a Redis Cluster, over all batches:
+#: redis-py's cluster client fails a command past its connections per node
+#: instead of waiting, so the store's client needs at least this many.
 CLUSTER_CONCURRENCY = 32
 
 RetentionStrategy = Literal["age", "length", "none"]
@@ -298,6 +299,9 @@ class RecordStore:
     #: WAITAOF before ACKing: (numlocal, numreplicas, timeout ms), or None
     wait_aof: tuple[int, int, int] | None = None
     _shas: tuple[str, str] | None = None
+    _cluster_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CLUSTER_CONCURRENCY), repr=False
+    )
 
     async def _execute(self, calls: Sequence[tuple[Any, ...] | bytes]) -> list[Any]:
         """Run commands in one round trip; errors come back as values.
@@ -312,11 +316,10 @@ class RecordStore:
         """
         client = self.client
         if isinstance(client, AsyncRedisCluster):
-            limit = asyncio.Semaphore(CLUSTER_CONCURRENCY)
 
             async def run(call: tuple[Any, ...] | bytes) -> Any:
                 assert not isinstance(call, bytes), "packed commands need one server"
-                async with limit:
+                async with self._cluster_slots:
                     return await client.execute_command(*call)
 
             return list(
@@ -438,7 +441,7 @@ class RecordStore:
         for index in range(len(packets)):
             stored_reply = replies[2 * index]
             if isinstance(stored_reply, Exception):
-                results.append(WriteResult(error=str(stored_reply)))
+                results.append(WriteResult(error=_describe(stored_reply)))
                 continue
             # The records are in; a failed status update does not lose data.
             results.append(WriteResult(int(stored_reply[0]), int(stored_reply[1])))
@@ -653,3 +656,9 @@ def _group_health(
         headroom=headroom,
         at_risk=at_risk,
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for logs: its class, and its message when it has one."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

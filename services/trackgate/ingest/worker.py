@@ -35,6 +35,7 @@ from trackgate.core.redisconn import (
     pubsub_url,
 )
 from trackgate.core.store import (
+    CLUSTER_CONCURRENCY,
     PacketWrite,
     RecordStore,
     Retention,
@@ -95,9 +96,11 @@ class Worker:
         }
         self.redis: AsyncClient = async_client(settings.redis_url, **redis_options)
         # The write path has a client of its own: session bookkeeping and
-        # command traffic in a reconnect storm never delay a record.
+        # command traffic in a reconnect storm never delay a record. A single
+        # server needs a connection per batch in flight; a cluster one per
+        # store command in flight (CLUSTER_CONCURRENCY) on each node.
         self.store_redis: AsyncClient = async_client(
-            settings.redis_url, max_connections=8, **redis_options
+            settings.redis_url, max_connections=CLUSTER_CONCURRENCY, **redis_options
         )
         self.store = RecordStore(
             self.store_redis,

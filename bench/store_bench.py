@@ -11,26 +11,22 @@ time per call, records/s and the Redis CPU per stored record (from
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
+import sys
 import time
+from pathlib import Path
 
-from trackgate.core.keys import Keys
-from trackgate.core.redisconn import async_client
-from trackgate.core.store import PacketWrite, RecordStore
-from trackgate.protocol import AvlPacket, decode_tcp_frame, encode_avl_packet
-from trackgate.sim import make_records
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.servers import redis_server  # noqa: E402
+
+from trackgate.core.keys import Keys  # noqa: E402
+from trackgate.core.redisconn import async_client  # noqa: E402
+from trackgate.core.store import PacketWrite, RecordStore  # noqa: E402
+from trackgate.protocol import AvlPacket, decode_tcp_frame, encode_avl_packet  # noqa: E402
+from trackgate.sim import make_records  # noqa: E402
 
 PACKETS = 400
 DEVICES = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def packets() -> list[AvlPacket]:
@@ -43,8 +39,8 @@ def packets() -> list[AvlPacket]:
     return out
 
 
-async def measure(port: int) -> None:
-    client = async_client(f"redis://127.0.0.1:{port}/0")
+async def measure(url: str) -> None:
+    client = async_client(url)
     store = RecordStore(client, Keys())
     decoded = packets()
 
@@ -74,28 +70,8 @@ async def measure(port: int) -> None:
 
 
 def main() -> None:
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="trackgate-store-bench-")
-    redis = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port),
-         "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        asyncio.run(measure(port))
-    finally:
-        redis.terminate()
-        redis.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with redis_server() as server:
+        asyncio.run(measure(server.url))
 
 
 if __name__ == "__main__":

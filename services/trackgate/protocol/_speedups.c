@@ -91,6 +91,18 @@ hex_string(const uint8_t *p, Py_ssize_t n)
     return s;
 }
 
+/* io[key of id] = value; steals `value`, which may be NULL after an error. */
+static int
+set_io(PyObject *io, Py_ssize_t id, PyObject *value)
+{
+    if (value == NULL) {
+        return -1;
+    }
+    int failed = PyDict_SetItem(io, PyTuple_GET_ITEM(io_keys, id), value);
+    Py_DECREF(value);
+    return failed ? -1 : 0;
+}
+
 /* The 1/2/4/8-byte IO groups, then 8E's variable-length group, into `io`. */
 static int
 read_io(Reader *r, int codec, PyObject *io)
@@ -111,13 +123,7 @@ read_io(Reader *r, int codec, PyObject *io)
         }
         for (Py_ssize_t i = 0; i < n; i++) {
             Py_ssize_t id = (Py_ssize_t)take(r, id_width);
-            PyObject *value = PyLong_FromUnsignedLongLong(take(r, width));
-            if (value == NULL) {
-                return -1;
-            }
-            int failed = PyDict_SetItem(io, PyTuple_GET_ITEM(io_keys, id), value);
-            Py_DECREF(value);
-            if (failed) {
+            if (set_io(io, id, PyLong_FromUnsignedLongLong(take(r, width))) < 0) {
                 return -1;
             }
         }
@@ -140,12 +146,7 @@ read_io(Reader *r, int codec, PyObject *io)
         }
         PyObject *value = hex_string(r->data + r->pos, length);
         r->pos += length;
-        if (value == NULL) {
-            return -1;
-        }
-        int failed = PyDict_SetItem(io, PyTuple_GET_ITEM(io_keys, id), value);
-        Py_DECREF(value);
-        if (failed) {
+        if (set_io(io, id, value) < 0) {
             return -1;
         }
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import signal
 import time
@@ -347,3 +348,13 @@ async def test_concurrent_batches_fit_the_store_client_on_both_backends(
     assert [r.error for batch in results for r in batch] == [None] * 240
     assert sum(r.stored for batch in results for r in batch) == 240 * 20
     await client.aclose()
+
+
+def test_the_compiled_digest_is_blake2b_at_every_length() -> None:
+    from trackgate.core import _resp  # type: ignore[attr-defined]
+
+    data = bytes(range(256)) * 5
+    # Every length up to five blocks of 128 bytes: empty, partial, exact.
+    for n in range(len(data) + 1):
+        expected = hashlib.blake2b(data[:n], digest_size=8).digest()
+        assert _resp.digest(data[:n]) == expected, n

@@ -1,10 +1,12 @@
 /*
  * The stream entries of a packet in the Redis wire format, compiled.
  *
- * pack_entries(records, digests, head, received, tail) returns, for each
+ * pack_entries(records, codec, head, received, tail) returns, for each
  * record, the arguments the store script takes per record: the digest, the
  * count of what follows, then the entry's field names and values as RESP
- * bulk strings. It writes exactly what store._pack_entries_python writes
+ * bulk strings; and the number of those arguments. The digest is BLAKE2b
+ * (below) of the codec byte and the record's wire bytes. It writes exactly
+ * what store._pack_entries_python writes
  * (a test holds them equal, and both equal to hiredis's packing), with the
  * same text for every value: str() of ints, repr() of floats, orjson's
  * compact JSON of the IO map.
@@ -18,7 +20,133 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
+
+/* BLAKE2b (RFC 7693) with an 8-byte digest and no key: the dedup digest of
+ * a record, hashlib.blake2b(codec byte + wire bytes, digest_size=8), without
+ * a Python call per record. A test holds it equal to hashlib's. */
+static const uint64_t BLAKE2B_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL,
+    0xa54ff53a5f1d36f1ULL, 0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL,
+    0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t BLAKE2B_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+typedef struct {
+    uint64_t h[8];
+    uint64_t bytes; /* compressed so far */
+    uint8_t block[128];
+    size_t filled;
+} Blake2b;
+
+static inline uint64_t
+rotr64(uint64_t x, int n)
+{
+    return (x >> n) | (x << (64 - n));
+}
+
+#define MIX(a, b, c, d, x, y)                                                 \
+    do {                                                                      \
+        v[a] = v[a] + v[b] + (x);                                             \
+        v[d] = rotr64(v[d] ^ v[a], 32);                                       \
+        v[c] = v[c] + v[d];                                                   \
+        v[b] = rotr64(v[b] ^ v[c], 24);                                       \
+        v[a] = v[a] + v[b] + (y);                                             \
+        v[d] = rotr64(v[d] ^ v[a], 16);                                       \
+        v[c] = v[c] + v[d];                                                   \
+        v[b] = rotr64(v[b] ^ v[c], 63);                                       \
+    } while (0)
+
+static void
+blake2b_compress(Blake2b *s, int last)
+{
+    uint64_t m[16], v[16];
+    for (int i = 0; i < 16; i++) {
+        uint64_t w = 0;
+        for (int k = 7; k >= 0; k--) {
+            w = (w << 8) | s->block[8 * i + k]; /* little-endian words */
+        }
+        m[i] = w;
+    }
+    for (int i = 0; i < 8; i++) {
+        v[i] = s->h[i];
+        v[i + 8] = BLAKE2B_IV[i];
+    }
+    v[12] ^= s->bytes; /* the counter's high word stays 0 below 2^64 bytes */
+    if (last) {
+        v[14] = ~v[14];
+    }
+    for (int round = 0; round < 12; round++) {
+        const uint8_t *z = BLAKE2B_SIGMA[round];
+        MIX(0, 4, 8, 12, m[z[0]], m[z[1]]);
+        MIX(1, 5, 9, 13, m[z[2]], m[z[3]]);
+        MIX(2, 6, 10, 14, m[z[4]], m[z[5]]);
+        MIX(3, 7, 11, 15, m[z[6]], m[z[7]]);
+        MIX(0, 5, 10, 15, m[z[8]], m[z[9]]);
+        MIX(1, 6, 11, 12, m[z[10]], m[z[11]]);
+        MIX(2, 7, 8, 13, m[z[12]], m[z[13]]);
+        MIX(3, 4, 9, 14, m[z[14]], m[z[15]]);
+    }
+    for (int i = 0; i < 8; i++) {
+        s->h[i] ^= v[i] ^ v[i + 8];
+    }
+}
+
+static void
+blake2b_init(Blake2b *s, size_t digest_size)
+{
+    memcpy(s->h, BLAKE2B_IV, sizeof(s->h));
+    s->h[0] ^= 0x01010000ULL ^ (uint64_t)digest_size; /* no key */
+    s->bytes = 0;
+    s->filled = 0;
+}
+
+static void
+blake2b_update(Blake2b *s, const uint8_t *data, size_t n)
+{
+    while (n > 0) {
+        if (s->filled == sizeof(s->block)) {
+            /* Only a block known not to be the last one is compressed. */
+            s->bytes += sizeof(s->block);
+            blake2b_compress(s, 0);
+            s->filled = 0;
+        }
+        size_t take = sizeof(s->block) - s->filled;
+        if (take > n) {
+            take = n;
+        }
+        memcpy(s->block + s->filled, data, take);
+        s->filled += take;
+        data += take;
+        n -= take;
+    }
+}
+
+static void
+blake2b_final(Blake2b *s, uint8_t *out, size_t digest_size)
+{
+    s->bytes += s->filled;
+    memset(s->block + s->filled, 0, sizeof(s->block) - s->filled);
+    blake2b_compress(s, 1);
+    for (size_t i = 0; i < digest_size; i++) {
+        out[i] = (uint8_t)(s->h[i / 8] >> (8 * (i % 8)));
+    }
+}
 
 typedef struct {
     char *data;
@@ -286,13 +414,14 @@ attr(PyObject *record, PyObject *name)
 }
 
 /* Interned attribute names of AvlRecord, in entry order after imei. */
-static PyObject *names[11];
-static const char *name_text[11] = {
+#define N_NAMES 12
+static PyObject *names[N_NAMES];
+static const char *name_text[N_NAMES] = {
     "timestamp", "priority", "longitude", "latitude", "altitude", "angle",
-    "satellites", "speed", "event_id", "io", "generation_type",
+    "satellites", "speed", "event_id", "io", "generation_type", "raw",
 };
 enum { TIMESTAMP, PRIORITY, LONGITUDE, LATITUDE, ALTITUDE, ANGLE, SATELLITES,
-       SPEED, EVENT_ID, IO, GENERATION };
+       SPEED, EVENT_ID, IO, GENERATION, RAW };
 
 /* Field names as bulk strings, and how each value is rendered. */
 static const char *field_bulk[] = {
@@ -301,14 +430,16 @@ static const char *field_bulk[] = {
     "$10\r\nsatellites\r\n", "$5\r\nspeed\r\n", "$8\r\nevent_id\r\n",
 };
 
-/* Returns 1 when written, 0 when the caller must pack in Python, -1 on error. */
+/* Writes one record's arguments and adds their count to *arguments.
+ * Returns 1 when written, 0 when the caller must pack in Python, -1 on error. */
 static int
-put_record(Buffer *b, Buffer *json, PyObject *record, PyObject *digest,
-           Py_buffer *head, Py_buffer *received, Py_buffer *tail)
+put_record(Buffer *b, Buffer *json, PyObject *record, uint8_t codec,
+           Py_buffer *head, Py_buffer *received, Py_buffer *tail,
+           Py_ssize_t *arguments)
 {
-    PyObject *values[11] = {NULL};
+    PyObject *values[N_NAMES] = {NULL};
     int rc = -1;
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < N_NAMES; i++) {
         if ((values[i] = attr(record, names[i])) == NULL) {
             goto done;
         }
@@ -319,13 +450,20 @@ put_record(Buffer *b, Buffer *json, PyObject *record, PyObject *digest,
         rc = io;
         goto done;
     }
-    char *d;
-    Py_ssize_t dn;
-    if (PyBytes_AsStringAndSize(digest, &d, &dn) < 0) {
+    if (!PyBytes_CheckExact(values[RAW])) {
+        rc = 0;
         goto done;
     }
+    Blake2b hash;
+    uint8_t digest[8];
+    blake2b_init(&hash, sizeof(digest));
+    blake2b_update(&hash, &codec, 1);
+    blake2b_update(&hash, (const uint8_t *)PyBytes_AS_STRING(values[RAW]),
+                   (size_t)PyBytes_GET_SIZE(values[RAW]));
+    blake2b_final(&hash, digest, sizeof(digest));
     int has_generation = values[GENERATION] != Py_None;
-    if (put_bulk(b, d, dn) < 0
+    *arguments += has_generation ? 32 : 30;
+    if (put_bulk(b, (const char *)digest, sizeof(digest)) < 0
         || (has_generation ? PUT_LITERAL(b, "$2\r\n30\r\n")
                            : PUT_LITERAL(b, "$2\r\n28\r\n")) < 0
         || put(b, head->buf, head->len) < 0) {
@@ -355,7 +493,7 @@ put_record(Buffer *b, Buffer *json, PyObject *record, PyObject *digest,
     }
     rc = 1;
 done:
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < N_NAMES; i++) {
         Py_XDECREF(values[i]);
     }
     return rc;
@@ -364,26 +502,29 @@ done:
 static PyObject *
 pack_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyList_CheckExact(args[1])) {
+    if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError,
-                        "pack_entries(records, digests: list, head, received, tail)");
+                        "pack_entries(records, codec, head, received, tail)");
+        return NULL;
+    }
+    long codec = PyLong_AsLong(args[1]);
+    if (codec == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (codec < 0 || codec > 255) {
+        PyErr_SetString(PyExc_ValueError, "codec must fit in a byte");
         return NULL;
     }
     PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
     if (records == NULL) {
         return NULL;
     }
-    PyObject *digests = args[1];
     Py_ssize_t count = PySequence_Fast_GET_SIZE(records);
-    if (PyList_GET_SIZE(digests) != count) {
-        Py_DECREF(records);
-        PyErr_SetString(PyExc_ValueError, "one digest per record");
-        return NULL;
-    }
     Py_buffer parts[3];
     int held = 0;
     PyObject *result = NULL;
     Buffer out = {NULL, 0, 0}, json = {NULL, 0, 0};
+    Py_ssize_t arguments = 0;
     for (; held < 3; held++) {
         if (PyObject_GetBuffer(args[2 + held], &parts[held], PyBUF_SIMPLE) < 0) {
             goto done;
@@ -391,8 +532,8 @@ pack_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         int rc = put_record(&out, &json, PySequence_Fast_GET_ITEM(records, i),
-                            PyList_GET_ITEM(digests, i), &parts[0], &parts[1],
-                            &parts[2]);
+                            (uint8_t)codec, &parts[0], &parts[1], &parts[2],
+                            &arguments);
         if (rc < 0) {
             goto done;
         }
@@ -401,7 +542,7 @@ pack_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
     }
-    result = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
+    result = Py_BuildValue("(y#n)", out.data ? out.data : "", out.len, arguments);
 done:
     while (held > 0) {
         PyBuffer_Release(&parts[--held]);
@@ -412,9 +553,30 @@ done:
     return result;
 }
 
+static PyObject *
+digest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    if (nargs != 1 || PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "digest(data)");
+        }
+        return NULL;
+    }
+    Blake2b hash;
+    uint8_t out[8];
+    blake2b_init(&hash, sizeof(out));
+    blake2b_update(&hash, data.buf, (size_t)data.len);
+    blake2b_final(&hash, out, sizeof(out));
+    PyBuffer_Release(&data);
+    return PyBytes_FromStringAndSize((const char *)out, sizeof(out));
+}
+
 static PyMethodDef methods[] = {
     {"pack_entries", (PyCFunction)(void (*)(void))pack_entries, METH_FASTCALL,
-     "pack_entries(records, digests, head, received, tail) -> bytes | None"},
+     "pack_entries(records, codec, head, received, tail) -> (bytes, count) | None"},
+    {"digest", (PyCFunction)(void (*)(void))digest, METH_FASTCALL,
+     "digest(data) -> the 8-byte BLAKE2b digest of data"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -429,7 +591,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__resp(void)
 {
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < N_NAMES; i++) {
         names[i] = PyUnicode_InternFromString(name_text[i]);
         if (names[i] == NULL) {
             return NULL;

@@ -208,39 +208,35 @@ def pack_store_records(command: tuple[Any, ...], packet: PacketWrite) -> bytes:
         _bulk("codec") + _bulk(str(codec))
         + _bulk("transport") + _bulk(_text(packet.transport))
     )  # fmt: skip
-    digests = [record_digest(codec, r) for r in records]
-    entries = None
+    packed = None
     if _compiled_pack_entries is not None:
-        entries = _compiled_pack_entries(
+        packed = _compiled_pack_entries(
             records,
-            digests,
+            codec,
             head.encode("latin-1"),
             received.encode("latin-1"),
             tail.encode("latin-1"),
         )
-    if entries is None:
-        entries = _pack_entries_python(records, digests, head, received, tail)
-    arguments = len(command) + sum(
-        30 if r.generation_type is None else 32 for r in records
-    )
+    if packed is None:
+        packed = _pack_entries_python(records, codec, head, received, tail)
+    entries, arguments = packed
+    arguments += len(command)
     start = f"*{arguments}\r\n" + "".join(_bulk(_text(str(a))) for a in command)
     return start.encode("latin-1") + entries
 
 
 def _pack_entries_python(
-    records: Sequence[AvlRecord],
-    digests: list[bytes],
-    head: str,
-    received: str,
-    tail: str,
-) -> bytes:
-    """The reference of the compiled packer: the same bytes, one f-string each.
+    records: Sequence[AvlRecord], codec: int, head: str, received: str, tail: str
+) -> tuple[bytes, int]:
+    """The reference of the compiled packer: the same bytes and argument
+    count, one f-string per record.
 
     Text is built as Latin-1, where a character is a byte.
     """
     parts = []
-    for r, digest_bytes in zip(records, digests, strict=True):
-        digest = digest_bytes.decode("latin-1")
+    arguments = 0
+    for r in records:
+        digest = record_digest(codec, r).decode("latin-1")
         ts, prio = str(r.timestamp), str(r.priority)
         lon, lat = repr(r.longitude), repr(r.latitude)
         alt, angle, sats = str(r.altitude), str(r.angle), str(r.satellites)
@@ -248,10 +244,12 @@ def _pack_entries_python(
         io = orjson.dumps(r.io).decode("latin-1")
         if r.generation_type is None:
             count, generation = "$2\r\n28\r\n", ""
+            arguments += 30
         else:
             gen = str(r.generation_type)
             count = "$2\r\n30\r\n"
             generation = f"$15\r\ngeneration_type\r\n${len(gen)}\r\n{gen}\r\n"
+            arguments += 32
         parts.append(
             f"${len(digest)}\r\n{digest}\r\n{count}{head}"
             f"$9\r\ntimestamp\r\n${len(ts)}\r\n{ts}\r\n{received}"
@@ -265,15 +263,15 @@ def _pack_entries_python(
             f"$8\r\nevent_id\r\n${len(event)}\r\n{event}\r\n"
             f"$2\r\nio\r\n${len(io)}\r\n{io}\r\n{tail}{generation}"
         )
-    return "".join(parts).encode("latin-1")
+    return "".join(parts).encode("latin-1"), arguments
 
 
-def _compiled_packer() -> Callable[..., bytes | None] | None:
+def _compiled_packer() -> Callable[..., tuple[bytes, int] | None] | None:
     try:
         from trackgate.core import _resp  # type: ignore[attr-defined]
     except ImportError:
         return None
-    packer: Callable[..., bytes | None] = _resp.pack_entries
+    packer: Callable[..., tuple[bytes, int] | None] = _resp.pack_entries
     return packer
 
 

@@ -50,11 +50,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.trackgate-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+    || [ requirements-test.lock -nt "$stamp" ] \
     || [ services/trackgate/protocol/_speedups.c -nt "$stamp" ] \
     || [ services/trackgate/core/_resp.c -nt "$stamp" ]; then
     say "installing the package and its test dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/pip install -q -e '.[test]'
+    # Pinned versions (requirements-test.lock, from pyproject.toml by uv), so
+    # that a release upstream cannot change what the tests run against.
+    .venv/bin/pip install -q -r requirements-test.lock
+    .venv/bin/pip install -q --no-deps -e .
     touch "$stamp"
 fi
 

@@ -277,9 +277,9 @@ def test_build_context_leaves_out_local_state(path: str) -> None:
 # -- the lock ------------------------------------------------------------------
 
 
-def _locked() -> dict[str, str]:
+def _locked(lock: str = "requirements.lock") -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    for line in (REPO / lock).read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line)
         if match:
             pins[canonicalize_name(match.group(1))] = match.group(2)
@@ -329,3 +329,20 @@ def test_hadolint_finds_nothing(image: str) -> None:
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_test_lock_pins_the_shipped_versions_and_the_test_tools() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    tools = {
+        canonicalize_name(Requirement(d).name)
+        for d in project["optional-dependencies"]["test"]
+    }
+    shipped, tested = _locked(), _locked("requirements-test.lock")
+
+    differing = {
+        name: (version, tested.get(name))
+        for name, version in shipped.items()
+        if tested.get(name) != version
+    }
+    assert differing == {}, "refresh both locks together, as docs/deploy.md says"
+    assert tools - tested.keys() == set()

@@ -327,7 +327,7 @@ class RecordStore:
             [c if isinstance(c, bytes) else pack_command(c) for c in calls]
         )
         pool = client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
         # One deadline for the whole batch, the connection's socket timeout,
         # rather than a timeout context per reply.
         deadline = connection.socket_timeout

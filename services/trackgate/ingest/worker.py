@@ -526,7 +526,7 @@ class Worker:
             async for message in pubsub.listen():
                 self._on_bus(message.get("data"))
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     def _on_bus(self, data: Any) -> None:
         try:

@@ -210,4 +210,4 @@ async def _commands(
     finally:
         with contextlib.suppress(RedisError, OSError):
             await pubsub.unsubscribe()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

@@ -11,6 +11,10 @@
  * same text for every value: str() of ints, repr() of floats, orjson's
  * compact JSON of the IO map.
  *
+ * pack_xadds(records, codec, key, head, received, tail, window) writes the
+ * same entries as whole XADD commands, for the store's script-free writes,
+ * skipping the records whose digest is in the caller's dedup window.
+ *
  * `head` (the imei field), `received` (the received_at field) and `tail`
  * (codec and transport) are fragments shared by the packet, already packed.
  * It returns None when an IO map holds something whose JSON it does not
@@ -430,72 +434,126 @@ static const char *field_bulk[] = {
     "$10\r\nsatellites\r\n", "$5\r\nspeed\r\n", "$8\r\nevent_id\r\n",
 };
 
-/* Writes one record's arguments and adds their count to *arguments.
+/* The values of one record's attributes, fetched once. */
+typedef struct {
+    PyObject *v[N_NAMES];
+} Values;
+
+static int
+load_values(Values *values, PyObject *record)
+{
+    memset(values, 0, sizeof(*values));
+    for (int i = 0; i < N_NAMES; i++) {
+        if ((values->v[i] = attr(record, names[i])) == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+drop_values(Values *values)
+{
+    for (int i = 0; i < N_NAMES; i++) {
+        Py_CLEAR(values->v[i]);
+    }
+}
+
+/* The dedup digest of a record: BLAKE2b of the codec byte and its wire
+ * bytes. Returns 1, or 0 when the record holds no wire bytes (the caller
+ * then packs in Python). */
+static int
+record_digest(Values *values, uint8_t codec, uint8_t digest[8])
+{
+    PyObject *raw = values->v[RAW];
+    if (!PyBytes_CheckExact(raw)) {
+        return 0;
+    }
+    Blake2b hash;
+    blake2b_init(&hash, 8);
+    blake2b_update(&hash, &codec, 1);
+    blake2b_update(&hash, (const uint8_t *)PyBytes_AS_STRING(raw),
+                   (size_t)PyBytes_GET_SIZE(raw));
+    blake2b_final(&hash, digest, 8);
+    return 1;
+}
+
+/* The entry's field names and values, after the digest or the XADD head.
+ * `json` already holds the IO map's JSON. */
+static int
+put_fields(Buffer *b, Buffer *json, Values *values, Py_buffer *head,
+           Py_buffer *received, Py_buffer *tail)
+{
+    if (put(b, head->buf, head->len) < 0) {
+        return -1;
+    }
+    for (int i = TIMESTAMP; i <= EVENT_ID; i++) {
+        if (put(b, field_bulk[i], (Py_ssize_t)strlen(field_bulk[i])) < 0) {
+            return -1;
+        }
+        PyObject *value = values->v[i];
+        int failed = (i == LONGITUDE || i == LATITUDE) ? put_float(b, value)
+                                                       : put_int(b, value, 1);
+        if (failed < 0) {
+            return -1;
+        }
+        if (i == TIMESTAMP && put(b, received->buf, received->len) < 0) {
+            return -1;
+        }
+    }
+    if (PUT_LITERAL(b, "$2\r\nio\r\n") < 0 || put_bulk(b, json->data, json->len) < 0
+        || put(b, tail->buf, tail->len) < 0) {
+        return -1;
+    }
+    if (values->v[GENERATION] != Py_None
+        && (PUT_LITERAL(b, "$15\r\ngeneration_type\r\n") < 0
+            || put_int(b, values->v[GENERATION], 1) < 0)) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Loads a record, renders its IO map and computes its digest.
+ * Returns 1 when ready, 0 when the caller must pack in Python, -1 on error. */
+static int
+prepare(Values *values, Buffer *json, PyObject *record, uint8_t codec,
+        uint8_t digest[8])
+{
+    if (load_values(values, record) < 0) {
+        return -1;
+    }
+    json->len = 0;
+    int io = put_io_json(json, values->v[IO]);
+    if (io <= 0) {
+        return io;
+    }
+    return record_digest(values, codec, digest);
+}
+
+/* Writes one record's script arguments (digest, count, entry) and adds
+ * their count to *arguments.
  * Returns 1 when written, 0 when the caller must pack in Python, -1 on error. */
 static int
 put_record(Buffer *b, Buffer *json, PyObject *record, uint8_t codec,
            Py_buffer *head, Py_buffer *received, Py_buffer *tail,
            Py_ssize_t *arguments)
 {
-    PyObject *values[N_NAMES] = {NULL};
-    int rc = -1;
-    for (int i = 0; i < N_NAMES; i++) {
-        if ((values[i] = attr(record, names[i])) == NULL) {
-            goto done;
-        }
-    }
-    json->len = 0;
-    int io = put_io_json(json, values[IO]);
-    if (io <= 0) {
-        rc = io;
-        goto done;
-    }
-    if (!PyBytes_CheckExact(values[RAW])) {
-        rc = 0;
-        goto done;
-    }
-    Blake2b hash;
+    Values values;
     uint8_t digest[8];
-    blake2b_init(&hash, sizeof(digest));
-    blake2b_update(&hash, &codec, 1);
-    blake2b_update(&hash, (const uint8_t *)PyBytes_AS_STRING(values[RAW]),
-                   (size_t)PyBytes_GET_SIZE(values[RAW]));
-    blake2b_final(&hash, digest, sizeof(digest));
-    int has_generation = values[GENERATION] != Py_None;
+    int rc = prepare(&values, json, record, codec, digest);
+    if (rc <= 0) {
+        drop_values(&values);
+        return rc;
+    }
+    int has_generation = values.v[GENERATION] != Py_None;
     *arguments += has_generation ? 32 : 30;
-    if (put_bulk(b, (const char *)digest, sizeof(digest)) < 0
-        || (has_generation ? PUT_LITERAL(b, "$2\r\n30\r\n")
-                           : PUT_LITERAL(b, "$2\r\n28\r\n")) < 0
-        || put(b, head->buf, head->len) < 0) {
-        goto done;
-    }
-    for (int i = TIMESTAMP; i <= EVENT_ID; i++) {
-        if (put(b, field_bulk[i], (Py_ssize_t)strlen(field_bulk[i])) < 0) {
-            goto done;
-        }
-        int failed = (i == LONGITUDE || i == LATITUDE) ? put_float(b, values[i])
-                                                       : put_int(b, values[i], 1);
-        if (failed < 0) {
-            goto done;
-        }
-        if (i == TIMESTAMP && put(b, received->buf, received->len) < 0) {
-            goto done;
-        }
-    }
-    if (PUT_LITERAL(b, "$2\r\nio\r\n") < 0 || put_bulk(b, json->data, json->len) < 0
-        || put(b, tail->buf, tail->len) < 0) {
-        goto done;
-    }
-    if (has_generation
-        && (PUT_LITERAL(b, "$15\r\ngeneration_type\r\n") < 0
-            || put_int(b, values[GENERATION], 1) < 0)) {
-        goto done;
-    }
-    rc = 1;
-done:
-    for (int i = 0; i < N_NAMES; i++) {
-        Py_XDECREF(values[i]);
-    }
+    rc = (put_bulk(b, (const char *)digest, sizeof(digest)) < 0
+          || (has_generation ? PUT_LITERAL(b, "$2\r\n30\r\n")
+                             : PUT_LITERAL(b, "$2\r\n28\r\n")) < 0
+          || put_fields(b, json, &values, head, received, tail) < 0)
+             ? -1
+             : 1;
+    drop_values(&values);
     return rc;
 }
 
@@ -553,6 +611,102 @@ done:
     return result;
 }
 
+/* Whether digest d is one of the n 8-byte slots at p. */
+static int
+among(const uint8_t *p, Py_ssize_t n, const uint8_t d[8])
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (memcmp(p + 8 * i, d, 8) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* pack_xadds(records, codec, key, head, received, tail, window)
+ *     -> (commands, new digests, duplicates) | None
+ *
+ * One XADD <key> * <entry> command per record whose digest is neither one
+ * of the 8-byte slots of `window` (bytes) nor earlier in `records`, in the
+ * wire format; the digests of those records, concatenated in order; and how
+ * many records were skipped. `key` is the stream key as a bulk string.
+ * None when a record needs the Python packer (see the module doc). */
+static PyObject *
+pack_xadds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "pack_xadds(records, codec, key, head, received, tail, window)");
+        return NULL;
+    }
+    long codec = PyLong_AsLong(args[1]);
+    if (codec == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (codec < 0 || codec > 255) {
+        PyErr_SetString(PyExc_ValueError, "codec must fit in a byte");
+        return NULL;
+    }
+    PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
+    if (records == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(records);
+    /* key, head, received, tail, window */
+    Py_buffer parts[5];
+    int held = 0;
+    PyObject *result = NULL;
+    Buffer out = {NULL, 0, 0}, json = {NULL, 0, 0}, fresh = {NULL, 0, 0};
+    Py_ssize_t duplicates = 0;
+    for (; held < 5; held++) {
+        if (PyObject_GetBuffer(args[2 + held], &parts[held], PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Values values;
+        uint8_t digest[8];
+        int rc = prepare(&values, &json, PySequence_Fast_GET_ITEM(records, i),
+                         (uint8_t)codec, digest);
+        if (rc <= 0) {
+            drop_values(&values);
+            if (rc == 0) {
+                result = Py_NewRef(Py_None);
+            }
+            goto done;
+        }
+        if (among((const uint8_t *)parts[4].buf, parts[4].len / 8, digest)
+            || among((const uint8_t *)fresh.data, fresh.len / 8, digest)) {
+            duplicates++;
+            drop_values(&values);
+            continue;
+        }
+        int failed = put(&fresh, (const char *)digest, 8) < 0
+                     || (values.v[GENERATION] != Py_None
+                             ? PUT_LITERAL(&out, "*33\r\n$4\r\nXADD\r\n")
+                             : PUT_LITERAL(&out, "*31\r\n$4\r\nXADD\r\n")) < 0
+                     || put(&out, parts[0].buf, parts[0].len) < 0
+                     || PUT_LITERAL(&out, "$1\r\n*\r\n") < 0
+                     || put_fields(&out, &json, &values, &parts[1], &parts[2],
+                                   &parts[3]) < 0;
+        drop_values(&values);
+        if (failed) {
+            goto done;
+        }
+    }
+    result = Py_BuildValue("(y#y#n)", out.data ? out.data : "", out.len,
+                           fresh.data ? fresh.data : "", fresh.len, duplicates);
+done:
+    while (held > 0) {
+        PyBuffer_Release(&parts[--held]);
+    }
+    PyMem_Free(out.data);
+    PyMem_Free(json.data);
+    PyMem_Free(fresh.data);
+    Py_DECREF(records);
+    return result;
+}
+
 static PyObject *
 digest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -575,6 +729,9 @@ digest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"pack_entries", (PyCFunction)(void (*)(void))pack_entries, METH_FASTCALL,
      "pack_entries(records, codec, head, received, tail) -> (bytes, count) | None"},
+    {"pack_xadds", (PyCFunction)(void (*)(void))pack_xadds, METH_FASTCALL,
+     "pack_xadds(records, codec, key, head, received, tail, window)"
+     " -> (commands, new digests, duplicates) | None"},
     {"digest", (PyCFunction)(void (*)(void))digest, METH_FASTCALL,
      "digest(data) -> the 8-byte BLAKE2b digest of data"},
     {NULL, NULL, 0, NULL},

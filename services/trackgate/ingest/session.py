@@ -17,7 +17,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, cast
 
-from trackgate.core.store import PacketWrite, StoreError, WriteResult
+from trackgate.core.store import DedupLedger, PacketWrite, StoreError, WriteResult
 from trackgate.protocol import (
     AvlPacket,
     BadImei,
@@ -53,6 +53,7 @@ class TcpSession(asyncio.Protocol):
         "closed_reason",
         "replaced",
         "first_packet",
+        "ledger",
         "_packet_read_at",
     )
 
@@ -71,6 +72,8 @@ class TcpSession(asyncio.Protocol):
         self.closed_reason: str | None = None
         self.replaced = False
         self.first_packet = True
+        #: the device's dedup state as this session last wrote it
+        self.ledger = DedupLedger()
         self._packet_read_at = 0.0
 
     # asyncio callbacks
@@ -176,6 +179,7 @@ class TcpSession(asyncio.Protocol):
             transport="tcp",
             peer=self.peer,
             burst=burst,
+            ledger=self.ledger,
         )
         self.transport.pause_reading()
         self.pending = self.worker.writer.submit(write)

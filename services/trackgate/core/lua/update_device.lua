@@ -10,19 +10,22 @@
 --
 -- The position fields only move forward in device time: a packet of old
 -- records never replaces a newer position. One HSET writes everything.
+-- Returns `last_timestamp` as it is now ("-1" when there is none), which a
+-- caller writing the next packets without this script needs.
 local fields = {'imei', ARGV[13], 'seen_at', ARGV[1], 'peer', ARGV[2],
   'transport', ARGV[3]}
+local newest = redis.call('HGET', KEYS[1], 'last_timestamp') or '-1'
 if ARGV[6] ~= '' then
   fields[#fields + 1] = 'last_lag_ms'
   fields[#fields + 1] = ARGV[5]
-  local last = tonumber(redis.call('HGET', KEYS[1], 'last_timestamp') or '-1')
-  if tonumber(ARGV[6]) > last then
+  if tonumber(ARGV[6]) > tonumber(newest) then
     local names = {'last_timestamp', 'last_latitude', 'last_longitude',
       'last_altitude', 'last_angle', 'last_speed', 'last_satellites'}
     for k = 1, 7 do
       fields[#fields + 1] = names[k]
       fields[#fields + 1] = ARGV[5 + k]
     end
+    newest = ARGV[6]
   end
 end
 redis.call('HSET', KEYS[1], unpack(fields))
@@ -32,4 +35,4 @@ end
 if ARGV[14] == '1' then
   redis.call('HINCRBY', KEYS[1], 'bursts_total', 1)
 end
-return 1
+return newest

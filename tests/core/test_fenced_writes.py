@@ -228,9 +228,7 @@ async def test_a_lost_dedup_hash_trips_the_fence(redis_url: str) -> None:
     assert dedup[b"fenced"] == b"1"
     # The hash was made again from a random start: never the old seq.
     assert ledger.seq == int(dedup[b"seq"]) != old_seq
-    assert dedup[b"window"] == b"".join(
-        record_digest(0x8E, r) for r in records[2:]
-    )
+    assert dedup[b"window"] == b"".join(record_digest(0x8E, r) for r in records[2:])
     await client.aclose()
 
 
@@ -252,9 +250,7 @@ async def test_two_sessions_of_one_device_in_one_batch_store_each_record_once(
     assert first.stored + second.stored == 3
     assert first.duplicates + second.duplicates == 1
     # Stream order is write order; what counts is each record once.
-    assert sorted(await stream_timestamps(client)) == [
-        r.timestamp for r in records[:5]
-    ]
+    assert sorted(await stream_timestamps(client)) == [r.timestamp for r in records[:5]]
     await client.aclose()
 
 
@@ -401,3 +397,21 @@ async def test_the_gateway_writes_without_scripts(redis_url: str) -> None:
     stats = await client.info("commandstats")
     assert int(stats["cmdstat_exec"]["calls"]) >= 4
     await client.aclose()
+
+
+def test_records_of_another_class_pack_the_same() -> None:
+    # The compiled packer reads AvlRecord's slots directly; any other object
+    # with the same attributes goes through getattr, to the same bytes.
+    class Plain:
+        def __init__(self, record: AvlRecord) -> None:
+            for name in AvlRecord.__slots__:
+                setattr(self, name, getattr(record, name))
+
+    records = decoded(make_records(3, start_ms=1_700_000_000_000))
+    stream = KEYS.records_for(IMEI)
+    slotted = pack_xadds(stream, write(records), b"")
+    plain = pack_xadds(stream, write([Plain(r) for r in records]), b"")  # type: ignore[misc]
+    assert plain == slotted
+    assert slotted[0] == b"".join(
+        hiredis.pack_command(c) for c in xadd_commands(stream, write(records), b"")[0]
+    )

@@ -23,6 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -80,6 +81,9 @@ static void
 blake2b_compress(Blake2b *s, int last)
 {
     uint64_t m[16], v[16];
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(m, s->block, sizeof(m)); /* the words are little-endian already */
+#else
     for (int i = 0; i < 16; i++) {
         uint64_t w = 0;
         for (int k = 7; k >= 0; k--) {
@@ -87,6 +91,7 @@ blake2b_compress(Blake2b *s, int last)
         }
         m[i] = w;
     }
+#endif
     for (int i = 0; i < 8; i++) {
         v[i] = s->h[i];
         v[i + 8] = BLAKE2B_IV[i];
@@ -158,12 +163,18 @@ typedef struct {
     Py_ssize_t cap;
 } Buffer;
 
-static int
+static int grow(Buffer *b, Py_ssize_t n);
+
+/* Room for n more bytes: the common case inline, growth out of line. */
+static inline int
 reserve(Buffer *b, Py_ssize_t n)
 {
-    if (b->cap - b->len >= n) {
-        return 0;
-    }
+    return b->cap - b->len >= n ? 0 : grow(b, n);
+}
+
+static int
+grow(Buffer *b, Py_ssize_t n)
+{
     Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap - b->len < n) {
         cap *= 2;
@@ -178,7 +189,7 @@ reserve(Buffer *b, Py_ssize_t n)
     return 0;
 }
 
-static int
+static inline int
 put(Buffer *b, const char *p, Py_ssize_t n)
 {
     if (reserve(b, n) < 0) {
@@ -411,12 +422,6 @@ put_io_json(Buffer *json, PyObject *io)
     return PUT_LITERAL(json, "}") < 0 ? -1 : 1;
 }
 
-static PyObject *
-attr(PyObject *record, PyObject *name)
-{
-    return PyObject_GetAttr(record, name);
-}
-
 /* Interned attribute names of AvlRecord, in entry order after imei. */
 #define N_NAMES 12
 static PyObject *names[N_NAMES];
@@ -439,12 +444,67 @@ typedef struct {
     PyObject *v[N_NAMES];
 } Values;
 
+/* The record class whose attributes are read from its slots, and where.
+ * AvlRecord is a slots dataclass: an attribute is a member descriptor, and
+ * reading it through PyObject_GetAttr cost a sixth of the packer. */
+static PyTypeObject *slots_type = NULL;
+static PyTypeObject *not_slots_type = NULL;
+static Py_ssize_t slot_offsets[N_NAMES];
+
+/* Learns where `type` keeps the attributes; 0 when they are not all plain
+ * object slots (the caller then asks PyObject_GetAttr). */
+static int
+learn_slots(PyTypeObject *type)
+{
+    if (type == not_slots_type) {
+        return 0;
+    }
+    Py_ssize_t found[N_NAMES];
+    for (int i = 0; i < N_NAMES; i++) {
+        PyObject *descr = PyObject_GetAttr((PyObject *)type, names[i]);
+        if (descr == NULL) {
+            PyErr_Clear();
+            not_slots_type = type;
+            return 0;
+        }
+        int slot = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                   && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (slot) {
+            found[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!slot) {
+            not_slots_type = type;
+            return 0;
+        }
+    }
+    memcpy(slot_offsets, found, sizeof(found));
+    Py_XSETREF(slots_type, (PyTypeObject *)Py_NewRef(type));
+    return 1;
+}
+
 static int
 load_values(Values *values, PyObject *record)
 {
     memset(values, 0, sizeof(*values));
+    PyTypeObject *type = Py_TYPE(record);
+    if (type == slots_type || learn_slots(type)) {
+        int complete = 1;
+        for (int i = 0; i < N_NAMES && complete; i++) {
+            PyObject *value = *(PyObject **)((char *)record + slot_offsets[i]);
+            complete = value != NULL;
+            values->v[i] = Py_XNewRef(value);
+        }
+        if (complete) {
+            return 0;
+        }
+        /* An empty slot: let PyObject_GetAttr raise its AttributeError. */
+        for (int i = 0; i < N_NAMES; i++) {
+            Py_CLEAR(values->v[i]);
+        }
+    }
     for (int i = 0; i < N_NAMES; i++) {
-        if ((values->v[i] = attr(record, names[i])) == NULL) {
+        if ((values->v[i] = PyObject_GetAttr(record, names[i])) == NULL) {
             return -1;
         }
     }

@@ -32,8 +32,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from math import inf
+from operator import attrgetter
 from typing import Any, Literal
 
 import orjson
@@ -315,15 +317,12 @@ def pack_xadds(
     equal).
     """
     if _compiled_pack_xadds is not None:
-        head, received, tail = _shared_fields(packet)
+        key, head, tail = _packed_fragments(
+            stream, packet.imei, packet.codec, packet.transport
+        )
+        received = b"$11\r\nreceived_at\r\n" + _bulk(str(packet.received_at)).encode()
         packed = _compiled_pack_xadds(
-            packet.records,
-            packet.codec,
-            _bulk(_text(stream)).encode("latin-1"),
-            head.encode("latin-1"),
-            received.encode("latin-1"),
-            tail.encode("latin-1"),
-            window,
+            packet.records, packet.codec, key, head, received, tail, window
         )
         if packed is not None:
             data, digests, duplicates = packed
@@ -335,13 +334,32 @@ def pack_xadds(
 def _shared_fields(packet: PacketWrite) -> tuple[str, str, str]:
     """The packed fields every entry of ``packet`` shares: imei, received_at,
     and codec with transport."""
-    head = _bulk("imei") + _bulk(_text(packet.imei))
+    head, tail = _device_fields(packet.imei, packet.codec, packet.transport)
     received = _bulk("received_at") + _bulk(str(packet.received_at))
-    tail = (
-        _bulk("codec") + _bulk(str(packet.codec))
-        + _bulk("transport") + _bulk(_text(packet.transport))
-    )  # fmt: skip
     return head, received, tail
+
+
+@lru_cache(maxsize=16384)
+def _device_fields(imei: str, codec: int, transport: str) -> tuple[str, str]:
+    """The imei field, and the codec and transport fields, packed: the same
+    for all of a session's packets."""
+    head = _bulk("imei") + _bulk(_text(imei))
+    codec_field = _bulk("codec") + _bulk(str(codec))
+    return head, codec_field + _bulk("transport") + _bulk(_text(transport))
+
+
+@lru_cache(maxsize=16384)
+def _packed_fragments(
+    stream: str, imei: str, codec: int, transport: str
+) -> tuple[bytes, bytes, bytes]:
+    """What :func:`pack_xadds` hands the compiled packer besides the records
+    and their received_at: the stream key, the head and the tail fields."""
+    head, tail = _device_fields(imei, codec, transport)
+    return (
+        _bulk(_text(stream)).encode("latin-1"),
+        head.encode("latin-1"),
+        tail.encode("latin-1"),
+    )
 
 
 def _bulk(value: str) -> str:
@@ -439,9 +457,12 @@ _compiled_pack_xadds = _compiled_packer("pack_xadds")
 ENTRY_PACKER = "python" if _compiled_pack_entries is None else "compiled"
 
 
+_timestamp = attrgetter("timestamp")
+
+
 def newest(records: Sequence[AvlRecord]) -> AvlRecord | None:
     """The record with the greatest device time (packets may be newest-first)."""
-    return max(records, key=lambda r: r.timestamp, default=None)
+    return max(records, key=_timestamp, default=None)
 
 
 class _Pipe:
@@ -475,6 +496,8 @@ class _Fenced:
     duplicates: int
     #: the dedup window once applied
     window: bytes
+    #: the newest record's timestamp (ms)
+    newest: int
     #: its replies inside the EXEC array: [start, end)
     start: int
     end: int
@@ -670,6 +693,8 @@ class RecordStore:
             assert ledger is not None and ledger.seq is not None
             watched += (keys.dedup(packet.imei), keys.device(packet.imei))
             expected += (str(ledger.seq), str(ledger.newest))
+        # watched holds each packet's dedup and device hash, in order
+        names = iter(watched)
         pipe.add("WATCH", *watched)
         ttl = str(self.dedup_ttl_s)
         fence_at = pipe.add("EVAL", FENCE_LUA, len(watched), *watched, *expected, ttl)
@@ -680,6 +705,7 @@ class RecordStore:
         for packet in packets:
             ledger = packet.ledger
             assert ledger is not None and ledger.seq is not None
+            dedup, device = next(names), next(names)
             stream = keys.records_for(packet.imei)
             start = pipe.count - multi_at - 1
             xadds, digests, duplicates = pack_xadds(stream, packet, ledger.window)
@@ -687,7 +713,6 @@ class RecordStore:
             if stored:
                 pipe.add_packed(xadds, stored)
                 trimmed.add(stream)
-            dedup = keys.dedup(packet.imei)
             window = ledger.grown(digests, self.dedup_window * DIGEST_SIZE)
             if stored:
                 pipe.add("HSET", dedup, "window", window, "seq", ledger.seq + 1)
@@ -697,10 +722,14 @@ class RecordStore:
             if duplicates:
                 pipe.add("HINCRBY", dedup, "duplicates", duplicates)
             pipe.add("EXPIRE", dedup, ttl)
-            for command in _device_commands(keys.device(packet.imei), packet, ledger):
+            latest = newest(packet.records)
+            for command in _device_commands(device, packet, latest, ledger.newest):
                 pipe.add(*command)
             end = pipe.count - multi_at - 1
-            plans.append(_Fenced(packet, digests, duplicates, window, start, end))
+            newest_ms = ledger.newest if latest is None else latest.timestamp
+            plans.append(
+                _Fenced(packet, digests, duplicates, window, newest_ms, start, end)
+            )
         strategy, threshold, approximate = self.retention.trim_args(
             int(time.time() * 1000)
         )
@@ -750,20 +779,22 @@ class RecordStore:
             return [WriteResult(error=error) for _ in plans]
 
         results: list[WriteResult | None] = []
+        # Commands inside a transaction fail one by one (a wrong key type):
+        # rare, so looked for per packet only when the array holds one.
+        failures = any(isinstance(r, Exception) for r in applied)
         for plan in plans:
             ledger = plan.packet.ledger
             assert ledger is not None
-            failed = next(
-                (r for r in applied[plan.start : plan.end] if isinstance(r, Exception)),
-                None,
-            )
+            failed = None
+            if failures:
+                mine = applied[plan.start : plan.end]
+                failed = next((r for r in mine if isinstance(r, Exception)), None)
             if failed is not None:
                 ledger.forget()
                 results.append(WriteResult(error=_describe(failed)))
                 continue
-            latest = newest(plan.packet.records)
             if ledger.known:
-                ledger.advance(plan.window, -1 if latest is None else latest.timestamp)
+                ledger.advance(plan.window, plan.newest)
             results.append(WriteResult(plan.stored, plan.duplicates))
         return results
 
@@ -902,18 +933,17 @@ except ImportError:  # another redis-py layout: read_response does the work
 
 
 def _device_commands(
-    key: str, packet: PacketWrite, ledger: DedupLedger
+    key: str, packet: PacketWrite, latest: AvlRecord | None, last_timestamp: int
 ) -> list[tuple[Any, ...]]:
-    """The status update of update_device.lua as plain commands, deciding
-    the newest-position rule from the ledger's ``last_timestamp``."""
-    latest = newest(packet.records)
+    """The status update of update_device.lua as plain commands: ``latest``
+    is the packet's newest record, ``last_timestamp`` the hash's (-1: none)."""
     fields: list[Any] = [
         "imei", packet.imei, "seen_at", packet.received_at,
         "peer", packet.peer, "transport", packet.transport,
     ]  # fmt: skip
     if latest is not None:
         fields += ("last_lag_ms", packet.received_at - latest.timestamp)
-        if latest.timestamp > ledger.newest:
+        if latest.timestamp > last_timestamp:
             fields += (
                 "last_timestamp", latest.timestamp,
                 "last_latitude", repr(latest.latitude),

@@ -2,11 +2,12 @@
 
 :class:`TcpSession` is an ``asyncio.Protocol`` (no task per connection, so
 an idle session costs a few hundred bytes). It is the only code that pauses
-and resumes reading its socket: while a packet is being stored it reads
-nothing more, so a slow Redis pushes back to the device through TCP instead
-of filling memory. Decoding is :class:`trackgate.protocol.TcpServerConnection`'s
-job; storing is the writer's; the worker (:mod:`trackgate.ingest.worker`)
-holds the registry of live sessions.
+and resumes reading its socket: while a packet is being stored it keeps at
+most one more read and then reads nothing, so a slow Redis pushes back to
+the device through TCP instead of filling memory. Decoding is
+:class:`trackgate.protocol.TcpServerConnection`'s job; storing is the
+writer's; the worker (:mod:`trackgate.ingest.worker`) holds the registry of
+live sessions.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class TcpSession(asyncio.Protocol):
         "replaced",
         "first_packet",
         "ledger",
+        "_paused",
         "_packet_read_at",
     )
 
@@ -74,6 +76,7 @@ class TcpSession(asyncio.Protocol):
         self.first_packet = True
         #: the device's dedup state as this session last wrote it
         self.ledger = DedupLedger()
+        self._paused = False
         self._packet_read_at = 0.0
 
     # asyncio callbacks
@@ -95,6 +98,14 @@ class TcpSession(asyncio.Protocol):
             self.conn.receive_data(data)
         except RemoteProtocolError as exc:
             self._protocol_error(exc)
+            return
+        if self.pending is not None:
+            # The device sent more before its ACK: keep this read, take no
+            # more from the socket until the packet is stored. Pausing only
+            # then spares two system calls per packet of a device that waits.
+            self._paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
             return
         self._pump()
 
@@ -181,7 +192,6 @@ class TcpSession(asyncio.Protocol):
             burst=burst,
             ledger=self.ledger,
         )
-        self.transport.pause_reading()
         self.pending = self.worker.writer.submit(write)
         self.pending.add_done_callback(self._stored)
         self.worker.record_lags(write)
@@ -205,7 +215,9 @@ class TcpSession(asyncio.Protocol):
         self.worker.packet_acked(
             self, result, time.perf_counter() - self._packet_read_at
         )
-        self.transport.resume_reading()
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
         self._pump()
 
     def _protocol_error(self, exc: RemoteProtocolError) -> bool:

@@ -2,9 +2,10 @@
 
 A plain asyncio server with the default listen backlog (100), the default
 event loop, one awaited Redis XADD per record, and the ACK after the last
-one. It decodes with trackgate's protocol package, so the comparison
-measures the serving and storing path, not the decoder. Used only by the
-benchmarks in this folder.
+one. Each entry holds the same fields as trackgate's (the data contract),
+so both store the same records. It decodes with trackgate's protocol
+package, so the comparison measures the serving and storing path, not the
+decoder. Used only by the benchmarks in this folder.
 """
 
 from __future__ import annotations
@@ -43,9 +44,17 @@ async def main(port: int, redis_url: str) -> None:
                                     "imei": imei,
                                     "timestamp": r.timestamp,
                                     "received_at": now,
-                                    "latitude": r.latitude,
+                                    "priority": r.priority,
                                     "longitude": r.longitude,
+                                    "latitude": r.latitude,
+                                    "altitude": r.altitude,
+                                    "angle": r.angle,
+                                    "satellites": r.satellites,
+                                    "speed": r.speed,
+                                    "event_id": r.event_id,
                                     "io": json.dumps(r.io),
+                                    "codec": event.codec,
+                                    "transport": "tcp",
                                 },
                             )
                         writer.write(tcp_ack(len(event.records)))

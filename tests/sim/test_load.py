@@ -160,13 +160,17 @@ class ScriptedGateway:
     """Logs devices in and ACKs packets; what to do per packet is scripted.
 
     ``script`` maps (connection number, packet number on it) to an action:
-    "command-then-wrong-ack", "silence"; anything else gets the right ACK.
+    "command-then-wrong-ack", "silence", "late" (the right ACK after
+    ``LATE_S``); anything else gets the right ACK at once.
     """
+
+    LATE_S = 0.3
 
     def __init__(self, script: dict[tuple[int, int], str]) -> None:
         self.script = script
         self.connections = 0
         self.packets: list[tuple[int, bytes]] = []
+        self.arrivals: list[float] = []
         self.responses: list[GprsMessage] = []
 
     async def serve(
@@ -187,8 +191,11 @@ class ScriptedGateway:
                     continue
                 assert isinstance(message, AvlPacket)
                 self.packets.append((connection, frame))
+                self.arrivals.append(time.monotonic())
                 action = self.script.get((connection, number), "ack")
                 number += 1
+                if action == "late":
+                    await asyncio.sleep(self.LATE_S)
                 if action == "command-then-wrong-ack":
                     writer.write(encode_command("getver"))
                     writer.write(tcp_ack(len(message.records) + 1))
@@ -227,6 +234,32 @@ async def test_wrong_ack_after_a_command_resends_the_packet_on_a_new_connection(
     [answer] = gateway.responses
     assert (answer.codec, answer.type) == (CODEC_12, RESPONSE_TYPE)
     assert answer.payload.startswith(b"Ver:")
+
+
+async def test_a_paced_device_keeps_its_own_clock_when_an_ack_is_late() -> None:
+    # Packet 1's ACK comes 0.3 s late: packet 2, due 0.2 s after packet 1,
+    # goes as soon as that ACK is read, and packet 3 0.2 s after packet 2.
+    gateway = ScriptedGateway({(0, 1): "late"})
+    server = await asyncio.start_server(gateway.serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=1, packets=4, records=2, interval=0.2,
+            warmup=0.45, timeout=30,
+        )  # fmt: skip
+
+    assert summary["records_acked"] == 8 and summary["resends"] == 0
+    first, *rest = gateway.arrivals
+    gaps = [round(t - first, 2) for t in rest]
+    assert gaps[0] == pytest.approx(0.2, abs=0.06)
+    assert gaps[1] == pytest.approx(0.2 + ScriptedGateway.LATE_S, abs=0.06)
+    assert gaps[2] == pytest.approx(0.4 + ScriptedGateway.LATE_S, abs=0.06)
+    # The warm-up leaves out packets 0 and 1 (sent by 0.4 s: the first one
+    # waits up to one interval), so the late ACK is only in the figure of
+    # every packet.
+    assert summary["ack_latency_ms"]["max"] >= ScriptedGateway.LATE_S * 1000
+    assert summary["ack_latency_ms_steady"]["max"] < ScriptedGateway.LATE_S * 1000
+    assert summary["warmup_s"] == 0.45
 
 
 async def test_missing_ack_times_out_and_resends_the_packet() -> None:

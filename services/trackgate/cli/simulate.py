@@ -41,6 +41,13 @@ def simulate(
     timeout: Annotated[
         float, typer.Option(help="Give up after this many seconds")
     ] = 300.0,
+    warmup: Annotated[
+        float,
+        typer.Option(
+            help="Seconds at the start whose ACK latencies are also left out "
+            "of a separate steady-state figure (fleet, throughput)"
+        ),
+    ] = 0.0,
 ) -> None:
     """Send simulated Teltonika devices to a gateway and print a JSON summary.
 
@@ -95,6 +102,7 @@ def simulate(
             progress=advance,
             first_imei=first_imei,
             interval=interval if mode is Mode.fleet else 0.0,
+            warmup=warmup,
         )
 
     with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:

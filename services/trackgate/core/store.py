@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from math import inf
 from operator import attrgetter
@@ -781,7 +781,7 @@ class RecordStore:
         results: list[WriteResult | None] = []
         # Commands inside a transaction fail one by one (a wrong key type):
         # rare, so looked for per packet only when the array holds one.
-        failures = any(isinstance(r, Exception) for r in applied)
+        failures = not _PLAIN_REPLIES.issuperset(map(type, applied))
         for plan in plans:
             ledger = plan.packet.ledger
             assert ledger is not None
@@ -864,6 +864,10 @@ class RecordStore:
         ]
 
 
+#: Types of the replies of the commands of a script-free batch, errors aside.
+_PLAIN_REPLIES = frozenset((bytes, int, list, type(None)))
+
+
 def _seen_at(packets: Sequence[PacketWrite]) -> list[Any]:
     """ZADD arguments: each device's last received_at."""
     out: list[Any] = []
@@ -912,15 +916,22 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
 
 async def _read_with_hiredis(parser: Any, count: int) -> list[Any]:
     replies: list[Any] = []
-    gets = parser._reader.gets
-    while len(replies) < count:
-        reply = gets(False)
-        if reply is _NOT_ENOUGH_DATA:
-            await parser.read_from_socket()
-            continue
-        if isinstance(reply, RedisConnectionError):
-            raise reply
-        replies.append(reply)
+    gets = partial(parser._reader.gets, False)
+    while True:
+        start = len(replies)
+        # Every whole reply buffered, without a Python step per reply (a
+        # batch has dozens a packet: one per queued command, then the EXEC
+        # array). The iterator ends for good at the first "not enough data".
+        replies.extend(iter(gets, _NOT_ENOUGH_DATA))
+        if not _PLAIN_REPLIES.issuperset(map(type, replies[start:])):
+            for reply in replies[start:]:
+                if isinstance(reply, RedisConnectionError):
+                    raise reply
+        if len(replies) >= count:
+            break
+        await parser.read_from_socket()
+    if len(replies) > count:
+        raise RedisConnectionError(f"{len(replies)} replies to {count} commands")
     return replies
 
 

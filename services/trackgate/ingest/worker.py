@@ -323,10 +323,8 @@ class Worker:
             t.duplicates.add(result.duplicates, transport)
 
     def record_lags(self, packet: PacketWrite) -> None:
-        now_ms = packet.received_at
-        self.telemetry.record_lag.observe_many(
-            max(now_ms - record.timestamp, 0) / 1000 for record in packet.records
-        )
+        stamps = [record.timestamp for record in packet.records]
+        self.telemetry.record_lag.observe_ages(packet.received_at, stamps)
         if packet.burst:
             self.telemetry.bursts.add(1)
 

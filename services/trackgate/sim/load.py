@@ -99,16 +99,22 @@ async def throughput(
     first_imei: int = 0,
     interval: float = 0.0,
     response_timeout: float = RESPONSE_TIMEOUT_S,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
     """N devices each send M packets of K records; every ACK is checked.
 
     A device sends its next packet when the ACK of the previous one says
-    exactly its record count, or ``interval`` seconds after it (the first
-    packet at a random point of the first interval). A wrong or missing
+    exactly its record count or, with an ``interval``, on its own clock:
+    ``interval`` seconds after it sent the previous one (at once when that
+    ACK came later), the first packet at a random point of the first
+    interval. Devices keep their own phases, as real ones do, instead of
+    falling into step with the ACKs of a shared batch. A wrong or missing
     ACK, or a lost connection, makes it send the same packet again on a new
     connection after a backoff. Codec 12/14 commands are answered as
     :class:`SimDevice` answers them. ``ack_latency_ms`` is from writing a
-    packet to reading its ACK.
+    packet to reading its ACK; with a ``warmup``, ``ack_latency_ms_steady``
+    leaves out the packets written in its first seconds (the logins and the
+    first packets of every device).
     """
     raise_fd_limit()
     # One set of packets shared by the fleet: a device's records are unique
@@ -135,9 +141,12 @@ async def throughput(
             progress(device.records_acked)
 
     started = time.perf_counter()
+    for device in fleet:
+        device.steady_from = started + warmup
     outcomes = await asyncio.gather(*(one(d) for d in fleet), return_exceptions=True)
     elapsed = time.perf_counter() - started
     latencies = [x for d in fleet for x in d.ack_latencies]
+    steady = [x for d in fleet for x in d.steady_latencies]
     acked = sum(d.records_acked for d in fleet)
     return {
         "mode": "throughput",
@@ -152,6 +161,11 @@ async def throughput(
         "seconds": round(elapsed, 3),
         "records_per_s": round(acked / elapsed, 1) if elapsed else 0.0,
         "ack_latency_ms": _latency_summary(latencies),
+        **(
+            {"warmup_s": warmup, "ack_latency_ms_steady": _latency_summary(steady)}
+            if warmup
+            else {}
+        ),
     }
 
 
@@ -173,6 +187,9 @@ class _Device:
     records_acked: int = 0
     commands_answered: int = 0
     ack_latencies: list[float] = field(default_factory=list)
+    #: latencies of packets written from ``steady_from`` (perf_counter) on
+    steady_latencies: list[float] = field(default_factory=list)
+    steady_from: float = 0.0
 
     async def run(self, host: str, port: int, *, deadline: float) -> None:
         """Deliver every packet, reconnecting as needed, until ``deadline``."""
@@ -221,6 +238,8 @@ class _Session(asyncio.Protocol):
         #: between paced packets (only commands may come), then "done"
         self.waiting = "login"
         self.sent_at = 0.0
+        #: when the device's clock says the next packet is due (loop time)
+        self.next_due = 0.0
         self.expires = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.pacer: asyncio.TimerHandle | None = None
@@ -268,7 +287,10 @@ class _Session(asyncio.Protocol):
             device.resends += 1
             self._fail(DeviceError(f"{device.imei}: ACK {count} for {records}"))
             return
-        device.ack_latencies.append(time.perf_counter() - self.sent_at)
+        latency = time.perf_counter() - self.sent_at
+        device.ack_latencies.append(latency)
+        if self.sent_at >= device.steady_from:
+            device.steady_latencies.append(latency)
         device.packets_acked += 1
         device.records_acked += count
 
@@ -278,7 +300,8 @@ class _Session(asyncio.Protocol):
             self._end(None)
         elif device.interval:
             self.waiting = "idle"
-            self.pacer = self.loop.call_later(device.interval, self._send_packet)
+            delay = max(self.next_due - self.loop.time(), 0.0)
+            self.pacer = self.loop.call_later(delay, self._send_packet)
         else:
             self._send_packet()
 
@@ -288,6 +311,7 @@ class _Session(asyncio.Protocol):
             return
         self.waiting = "ack"
         self.sent_at = time.perf_counter()
+        self.next_due = self.loop.time() + self.device.interval
         self.transport.write(self.device.packets[self.device.packets_acked][0])
         self._expect_reply()
 

@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller loads")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="throughput rounds, naive and trackgate"
+        "--rounds", type=int, default=5, help="throughput rounds, naive and trackgate"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     opts = parser.parse_args()

@@ -68,6 +68,11 @@ class Keys:
     def command_rate(self, imei: str) -> str:
         return f"{self.prefix}:cmdrate:{{{imei}}}"
 
+    def fence(self, token: str) -> str:
+        """Written (for 10 s) when a script-free batch finds a device not as
+        its session expected; the batch WATCHes it (see the store)."""
+        return f"{self.prefix}:fence:{token}"
+
     def holder(self, owner: str) -> str:
         """IMEIs whose sessions one ingest worker holds (``pod/worker``)."""
         return f"{self.prefix}:holder:{{{owner}}}"

@@ -42,7 +42,7 @@ import orjson
 from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from trackgate.core.keys import Keys
@@ -63,6 +63,10 @@ DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
 DIGEST_SIZE = 8
 
 log = logging.getLogger("trackgate.store")
+
+#: How long a batch waits for its replies when the client sets no socket
+#: timeout (the gateway sets one).
+DEFAULT_DEADLINE_S = 30.0
 
 #: Store commands in flight at once on a Redis Cluster, over all batches:
 #: redis-py's cluster client fails a command past its connections per node
@@ -86,20 +90,30 @@ UPDATE_DEVICE_LUA = _script("update_device.lua")
 #: The check at the head of a script-free batch. Sent whole (EVAL, not
 #: EVALSHA): were it unknown to the server, the batch would go unchecked.
 FENCE_LUA = """
--- KEYS: per packet, the device's dedup hash, then its status hash.
--- ARGV: per packet, the `seq` and `last_timestamp` its writer expects
--- ("" and "-1" for none); last, the dedup TTL in seconds.
--- A dedup hash not as expected is touched, and the WATCH on it refuses the
--- EXEC that follows. Returns how many were not as expected.
+-- KEYS[1]: the batch's fence key, which the batch WATCHes; then per packet
+-- the device's dedup hash, its status hash and its records stream.
+-- ARGV: per packet the `seq`, `stored` and `duplicates` of the dedup hash
+-- and the `last_timestamp` of the status hash its writer expects ("" and
+-- "0" and "0" and "-1" for none).
+-- A device not as expected, or a key of the wrong type (the EXEC would run
+-- its other commands around the failing one), writes the fence key, and
+-- the WATCH on it refuses the EXEC that follows. Returns how many.
+local call = redis.pcall
 local stale = 0
-for i = 1, #KEYS, 2 do
-  local seq = redis.call('HGET', KEYS[i], 'seq') or ''
-  local newest = redis.call('HGET', KEYS[i + 1], 'last_timestamp') or '-1'
-  if seq ~= ARGV[i] or newest ~= ARGV[i + 1] then
-    redis.call('HINCRBY', KEYS[i], 'fenced', 1)
-    redis.call('EXPIRE', KEYS[i], ARGV[#ARGV])
+for p = 0, (#KEYS - 1) / 3 - 1 do
+  local a = 4 * p
+  local dedup = call('HMGET', KEYS[2 + 3 * p], 'seq', 'stored', 'duplicates')
+  local newest = call('HGET', KEYS[3 + 3 * p], 'last_timestamp')
+  local stream = call('TYPE', KEYS[4 + 3 * p])
+  if dedup.err or type(newest) == 'table'
+      or (stream.ok ~= 'stream' and stream.ok ~= 'none')
+      or (dedup[1] or '') ~= ARGV[a + 1] or (dedup[2] or '0') ~= ARGV[a + 2]
+      or (dedup[3] or '0') ~= ARGV[a + 3] or (newest or '-1') ~= ARGV[a + 4] then
     stale = stale + 1
   end
+end
+if stale > 0 then
+  redis.call('SET', KEYS[1], '1', 'PX', '10000')
 end
 return stale
 """
@@ -114,18 +128,22 @@ class DedupLedger:
     """A writer's copy of one device's dedup state, to write without a script.
 
     A TCP session keeps one for its device. A scripted write fills it in
-    (:attr:`seq` of the dedup hash, its window, the status hash's
-    ``last_timestamp``); while Redis still holds that ``seq`` and that
-    timestamp, nobody else wrote the device's records, so the store can tell
-    new records from resends itself and write with plain commands. A write
-    whose outcome is unknown (failed, timed out, refused by the fence)
-    empties the ledger and the next one goes through the script again.
-    Costs the window's bytes: 4 KiB per device by default.
+    (the dedup hash's ``seq``, window and counters, the status hash's
+    ``last_timestamp``); while Redis still holds exactly that, nobody else
+    wrote the device's records, so the store can tell new records from
+    resends itself and write with plain commands. A write whose outcome is
+    unknown (failed, timed out, refused by the fence) empties the ledger and
+    the next one goes through the script again. Costs the window's bytes:
+    4 KiB per device by default.
     """
 
     #: the dedup hash's ``seq`` as of the window below; None: not known
     seq: int | None = None
     window: bytes = b""
+    #: the dedup hash's ``stored`` and ``duplicates``: a writer that does not
+    #: move ``seq`` (an older release) still moves one of them
+    stored: int = 0
+    duplicates: int = 0
     #: the status hash's ``last_timestamp`` (ms); -1 when it has none
     newest: int = -1
 
@@ -137,12 +155,19 @@ class DedupLedger:
         self.seq = None
         self.window = b""
 
-    def load(self, seq: int, window: bytes, newest: int) -> None:
+    def load(
+        self, seq: int, window: bytes, newest: int, stored: int, duplicates: int
+    ) -> None:
         """Take the state a scripted write returned (an empty seq is unknown)."""
         if seq <= 0 or len(window) % DIGEST_SIZE:
             self.forget()
             return
         self.seq, self.window, self.newest = seq, window, newest
+        self.stored, self.duplicates = stored, duplicates
+
+    def expected(self) -> tuple[str, str, str, str]:
+        """What the fence compares with Redis (see ``FENCE_LUA``)."""
+        return str(self.seq), str(self.stored), str(self.duplicates), str(self.newest)
 
     def grown(self, digests: bytes, window_bytes: int) -> bytes:
         """The window with ``digests`` added, the oldest cut past ``window_bytes``
@@ -150,12 +175,14 @@ class DedupLedger:
         window = self.window + digests
         return window[-window_bytes:] if len(window) > window_bytes else window
 
-    def advance(self, window: bytes, newest: int) -> None:
+    def advance(self, window: bytes, newest: int, stored: int, duplicates: int) -> None:
         """After a script-free write that left ``window`` was applied."""
         assert self.seq is not None
         self.seq += 1
         self.window = window
         self.newest = max(self.newest, newest)
+        self.stored += stored
+        self.duplicates += duplicates
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +534,17 @@ class _Fenced:
         return len(self.digests) // DIGEST_SIZE
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The script-free part of a round trip: its plans and reply indices."""
+
+    plans: list[_Fenced]
+    watch_at: int
+    fence_at: int
+    multi_at: int
+    exec_at: int
+
+
 @dataclass
 class RecordStore:
     """Writes packets of many devices in one round trip; see the module doc."""
@@ -545,10 +583,35 @@ class RecordStore:
             ) from exc
 
     async def load_scripts(self) -> None:
-        """Load the Lua scripts (again after a Redis restart or failover)."""
+        """Load the Lua scripts (again after a Redis restart or failover);
+        the first time, check that WATCH guards a transaction here."""
         records = await self.client.script_load(STORE_RECORDS_LUA)
         device = await self.client.script_load(UPDATE_DEVICE_LUA)
+        if self._shas is None and self.fenced_writes:
+            await self._probe_watch()
         self._shas = (str(records), str(device))
+
+    async def _probe_watch(self) -> None:
+        """Script-free writes rely on WATCH refusing an EXEC after the
+        watched key changed; behind an ACL or a proxy it may not."""
+        if isinstance(self.client, AsyncRedisCluster):
+            self.fenced_writes = False
+            return
+        key = self.keys.fence(f"probe-{secrets.token_hex(8)}")
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                await pipe.set(key, "1", px=10_000)
+                pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
+                pipe.get(key)
+                await pipe.execute()
+        except WatchError:
+            await self.client.delete(key)
+            return  # refused, as it must be
+        except ResponseError as exc:
+            self._disable_fenced_writes(f"WATCH, MULTI or EXEC refused ({exc})")
+            return
+        self._disable_fenced_writes("WATCH does not refuse a changed transaction")
 
     async def write(self, packets: Sequence[PacketWrite]) -> list[WriteResult]:
         """Store ``packets``; one result per packet, in order.
@@ -570,7 +633,7 @@ class RecordStore:
             for packet in packets:
                 if packet.ledger is not None:
                     packet.ledger.forget()
-            if isinstance(exc, RedisError):
+            if isinstance(exc, RedisError | OSError):
                 raise StoreError(f"{type(exc).__name__}: {exc}") from exc
             raise
 
@@ -584,7 +647,7 @@ class RecordStore:
 
         pipe = _Pipe()
         fenced, scripted = self._split(packets)
-        fenced_at = self._add_fenced(pipe, [packets[i] for i in fenced])
+        batch = self._add_fenced(pipe, [packets[i] for i in fenced])
         scripted_at = [self._add_scripted(pipe, packets[i]) for i in scripted]
         pipe.add("ZADD", self.keys.devices(), *_seen_at(packets))
         if self.wait_aof is not None:
@@ -601,8 +664,8 @@ class RecordStore:
 
         results: list[WriteResult | None] = [None] * len(packets)
         retry: list[int] = []
-        if fenced_at is not None:
-            outcome = self._fenced_results(replies, *fenced_at)
+        if batch is not None:
+            outcome = self._fenced_results(replies, batch)
             for index, result in zip(fenced, outcome, strict=True):
                 if result is None:
                     retry.append(index)
@@ -675,38 +738,41 @@ class RecordStore:
             "1" if packet.ledger is not None else "0",
         )
 
-    def _add_fenced(
-        self, pipe: _Pipe, packets: list[PacketWrite]
-    ) -> tuple[list[_Fenced], int, int, int] | None:
+    def _add_fenced(self, pipe: _Pipe, packets: list[PacketWrite]) -> _Batch | None:
         """The script-free part of a batch: WATCH, fence, MULTI ... EXEC.
 
-        Returns the plan of each packet and the indices of the fence, MULTI
-        and EXEC replies, or None when there is nothing to write this way.
+        None when there is nothing to write this way.
         """
         if not packets:
             return None
         keys = self.keys
-        watched: list[str] = []
+        fence_key = keys.fence(secrets.token_hex(8))
+        # Per packet: its dedup hash, status hash and stream; what it expects.
+        names: list[str] = []
         expected: list[str] = []
         for packet in packets:
             ledger = packet.ledger
             assert ledger is not None and ledger.seq is not None
-            watched += (keys.dedup(packet.imei), keys.device(packet.imei))
-            expected += (str(ledger.seq), str(ledger.newest))
-        # watched holds each packet's dedup and device hash, in order
-        names = iter(watched)
-        pipe.add("WATCH", *watched)
-        ttl = str(self.dedup_ttl_s)
-        fence_at = pipe.add("EVAL", FENCE_LUA, len(watched), *watched, *expected, ttl)
+            imei = packet.imei
+            names += (keys.dedup(imei), keys.device(imei), keys.records_for(imei))
+            expected += ledger.expected()
+        # The streams are not watched: other devices append to them all along.
+        watched = [fence_key]
+        for n in range(0, len(names), 3):
+            watched += names[n : n + 2]
+        watch_at = pipe.add("WATCH", *watched)
+        fence_at = pipe.add(
+            "EVAL", FENCE_LUA, 1 + len(names), fence_key, *names, *expected
+        )
         multi_at = pipe.add("MULTI")
 
         plans: list[_Fenced] = []
         trimmed: set[str] = set()
-        for packet in packets:
+        ttl = str(self.dedup_ttl_s)
+        for n, packet in enumerate(packets):
             ledger = packet.ledger
             assert ledger is not None and ledger.seq is not None
-            dedup, device = next(names), next(names)
-            stream = keys.records_for(packet.imei)
+            dedup, device, stream = names[3 * n : 3 * n + 3]
             start = pipe.count - multi_at - 1
             xadds, digests, duplicates = pack_xadds(stream, packet, ledger.window)
             stored = len(digests) // DIGEST_SIZE
@@ -738,44 +804,37 @@ class RecordStore:
                 mark = "~" if approximate == "1" else "="
                 pipe.add("XTRIM", stream, strategy.upper(), mark, threshold)
         exec_at = pipe.add("EXEC")
-        return plans, fence_at, multi_at, exec_at
+        return _Batch(plans, watch_at, fence_at, multi_at, exec_at)
 
     def _fenced_results(
-        self,
-        replies: list[Any],
-        plans: list[_Fenced],
-        fence_at: int,
-        multi_at: int,
-        exec_at: int,
+        self, replies: list[Any], batch: _Batch
     ) -> list[WriteResult | None]:
         """Results of the script-free part; None for a packet to write again."""
-        fence, multi, applied = replies[fence_at], replies[multi_at], replies[exec_at]
-        if isinstance(fence, Exception) or isinstance(multi, Exception):
-            # The transaction may have run unchecked: trust no ledger, and
-            # write by script from now on.
-            self.fenced_writes = False
-            log.error(
-                "script-free writes disabled: Redis refused the fence (%s / %s); "
-                "every packet is now written by script",
-                _describe(fence) if isinstance(fence, Exception) else "ok",
-                _describe(multi) if isinstance(multi, Exception) else "ok",
+        plans = batch.plans
+        watch, fence = replies[batch.watch_at], replies[batch.fence_at]
+        multi, applied = replies[batch.multi_at], replies[batch.exec_at]
+        checked = watch == b"OK" and fence == 0 and multi == b"OK"
+        if not isinstance(applied, list) or not checked:
+            for plan in plans:
+                assert plan.packet.ledger is not None
+                plan.packet.ledger.forget()
+        if isinstance(applied, list) and not checked:
+            # It ran although the check failed or found a device written
+            # meanwhile: WATCH does not guard this connection (an ACL, a
+            # proxy). What ran is stored; write by script from now on.
+            seen = ", ".join(
+                _describe(r) if isinstance(r, Exception) else repr(r)
+                for r in (watch, fence, multi)
             )
-            for plan in plans:
-                assert plan.packet.ledger is not None
-                plan.packet.ledger.forget()
-            if isinstance(multi, Exception) or not isinstance(applied, list):
-                return [WriteResult(error="unchecked write") for _ in plans]
-        if applied is None:
-            # A device was written by someone else since its ledger was filled.
-            for plan in plans:
-                assert plan.packet.ledger is not None
-                plan.packet.ledger.forget()
+            self._disable_fenced_writes(f"a batch ran unchecked ({seen})")
+        elif applied is None:
+            # Refused whole: a device was written by someone else since its
+            # ledger was filled, or a key is of the wrong type. By script now.
             return [None] * len(plans)
-        if not isinstance(applied, list):
+        elif not isinstance(applied, list):
+            # Refused before it ran (EXECABORT: out of memory, ...): nothing
+            # was applied.
             error = _describe(applied) if isinstance(applied, Exception) else "no EXEC"
-            for plan in plans:
-                assert plan.packet.ledger is not None
-                plan.packet.ledger.forget()
             return [WriteResult(error=error) for _ in plans]
 
         results: list[WriteResult | None] = []
@@ -794,9 +853,18 @@ class RecordStore:
                 results.append(WriteResult(error=_describe(failed)))
                 continue
             if ledger.known:
-                ledger.advance(plan.window, plan.newest)
+                ledger.advance(plan.window, plan.newest, plan.stored, plan.duplicates)
             results.append(WriteResult(plan.stored, plan.duplicates))
         return results
+
+    def _disable_fenced_writes(self, why: str) -> None:
+        if self.fenced_writes:
+            log.error(
+                "script-free writes disabled: %s; every packet is now written by "
+                "script",
+                why,
+            )
+        self.fenced_writes = False
 
     async def _roundtrip(self, data: bytes, count: int) -> list[Any]:
         """Write ``data`` (``count`` commands) on one pooled connection and
@@ -809,7 +877,7 @@ class RecordStore:
         assert not isinstance(self.client, AsyncRedisCluster)
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
-        deadline = connection.socket_timeout
+        deadline = connection.socket_timeout or DEFAULT_DEADLINE_S
         try:
             await connection.send_packed_command(data, check_health=False)
             async with asyncio.timeout(deadline):
@@ -839,7 +907,8 @@ class RecordStore:
         calls: list[tuple[Any, ...]] = []
         for packet in packets:
             imei = packet.imei
-            head = self._script_head(packet)
+            # No script-free writes on a cluster: no window to hand back.
+            head = (*self._script_head(packet)[:-1], "0")
             calls.append((
                 "EVALSHA", records_sha, 2, self.keys.records_for(imei),
                 self.keys.dedup(imei), *head, *store_records_args(packet),
@@ -852,7 +921,21 @@ class RecordStore:
             async with self._cluster_slots:
                 return await client.execute_command(*call)
 
-        replies = await asyncio.gather(*(run(c) for c in calls), return_exceptions=True)
+        async def run_all(indices: list[int]) -> None:
+            done = await asyncio.gather(
+                *(run(calls[i]) for i in indices), return_exceptions=True
+            )
+            for index, reply in zip(indices, done, strict=True):
+                replies[index] = reply
+
+        replies: list[Any] = [None] * len(calls)
+        await run_all(list(range(len(calls))))
+        # A node that lost its scripts (restarted, failed over) refused only
+        # its own commands: load them and run just those again.
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.load_scripts()
+            await run_all(missing)
         for reply in replies:
             if isinstance(reply, NoScriptError):
                 raise reply
@@ -886,10 +969,13 @@ def _scripted_result(packet: PacketWrite, stored: Any, device: Any) -> WriteResu
     # The records are in; a failed status update does not lose data, but it
     # leaves the ledger without the device's last_timestamp.
     if ledger is not None:
-        if isinstance(device, BaseException) or len(stored) < 6:
+        if isinstance(device, BaseException) or len(stored) < 8:
             ledger.forget()
         else:
-            ledger.load(int(stored[4]), bytes(stored[5]), int(device))
+            ledger.load(
+                int(stored[4]), bytes(stored[5]), int(device),
+                int(stored[6]), int(stored[7]),
+            )  # fmt: skip
     return WriteResult(int(stored[0]), int(stored[1]))
 
 

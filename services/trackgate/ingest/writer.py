@@ -58,8 +58,11 @@ class BatchWriter:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        # Looked up once: get_running_loop() costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._lane(), name=f"writer-{n}")
             for n in range(self.lanes)
@@ -70,7 +73,8 @@ class BatchWriter:
         return len(self._queue)
 
     def submit(self, packet: PacketWrite) -> asyncio.Future[WriteResult]:
-        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[WriteResult] = loop.create_future()
         deadline = time.monotonic() + self.timeout
         self._queue.append(_Pending(packet, future, deadline))
         self._wakeup.set()

@@ -24,7 +24,7 @@
 -- moves it, here and there.
 --
 -- Returns {stored, duplicates, first id or "", last id or "", seq or 0,
--- window or ""}.
+-- window or "", the hash's stored and duplicates totals}.
 local call = redis.call
 local argv = ARGV
 local window = call('HGET', KEYS[2], 'window') or ''
@@ -94,4 +94,6 @@ if stored > 0 then
   end
 end
 if ARGV[7] ~= '1' then window = '' end
-return {stored, duplicates, first_id, last_id, seq, window}
+local totals = call('HMGET', KEYS[2], 'stored', 'duplicates')
+return {stored, duplicates, first_id, last_id, seq, window,
+  totals[1] or '0', totals[2] or '0'}

@@ -358,3 +358,53 @@ def test_the_compiled_digest_is_blake2b_at_every_length() -> None:
     for n in range(len(data) + 1):
         expected = hashlib.blake2b(data[:n], digest_size=8).digest()
         assert _resp.digest(data[:n]) == expected, n
+
+
+async def test_batches_in_flight_share_one_connection_in_order(redis_url: str) -> None:
+    # Batches of different sizes written back to back on the store's one
+    # connection: each must get its own replies (a mix-up would swap counts).
+    client = async_client(redis_url)
+    store = RecordStore(client, Keys())
+    batches = []
+    for size in (1, 6, 2, 9):
+        batch = []
+        for n in range(size):
+            write = packet(make_records(size, start_ms=1_700_000_000_000, seed=n))
+            write.imei = f"35209308{size:02d}{n:05d}"
+            batch.append(write)
+        batches.append(batch)
+    results = await asyncio.gather(*(store.write(b) for b in batches))
+    assert [[r.stored for r in batch] for batch in results] == [
+        [size] * size for size in (1, 6, 2, 9)
+    ]
+    clients = await client.client_list()
+    assert store._line is not None
+    assert sum(1 for c in clients if c["cmd"] in ("exec", "evalsha")) <= 1
+    await store.close()
+    await client.aclose()
+
+
+async def test_a_failed_batch_fails_the_batches_behind_it() -> None:
+    with redis_server() as server:
+        assert server.process is not None
+        client = async_client(server.url, socket_timeout=0.5)
+        store = RecordStore(client, Keys())
+        first = packet(make_records(2, start_ms=1_700_000_000_000))
+        second = dataclasses.replace(
+            packet(make_records(3, start_ms=1_700_000_100_000)), imei="352093081452252"
+        )
+        await store.write([first])
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            outcomes = await asyncio.gather(
+                store.write([first]), store.write([second]), return_exceptions=True
+            )
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert [type(o) for o in outcomes] == [StoreError, StoreError]
+        # A new connection; whatever Redis ran on waking is recognised.
+        again = await store.write([first, second])
+        assert [r.accepted for r in again] == [2, 3]
+        assert await client.xlen(Keys().records_for(IMEI)) == 5
+        await store.close()
+        await client.aclose()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from importlib import resources
+from itertools import islice
 from math import inf
 from operator import attrgetter
 from typing import Any, Literal
@@ -534,6 +535,83 @@ class _Fenced:
         return len(self.digests) // DIGEST_SIZE
 
 
+class _Line:
+    """One connection whose round trips follow each other without waiting.
+
+    A batch is written as soon as it is ready, while earlier ones still wait
+    for their replies: Redis answers a connection's commands in order, so
+    each round trip reads its replies once the one before it has read its
+    own. A packet never waits for a free connection, and Redis takes this
+    worker's batches one after the other instead of a slice of each in
+    turn. A failure breaks the line: every round trip on it fails (their
+    outcome is unknown) and the next one opens a new connection.
+    """
+
+    def __init__(self, connection: Any, pool: Any) -> None:
+        self.connection = connection
+        self.pool = pool
+        self.broken = False
+        self._released = False
+        self.deadline = connection.socket_timeout or DEFAULT_DEADLINE_S
+        #: resolved when the last round trip written has read its replies
+        self._last: asyncio.Future[None] | None = None
+
+    async def roundtrip(self, data: bytes, count: int) -> list[Any]:
+        if self.broken:
+            raise RedisConnectionError("the connection failed with an earlier batch")
+        connection = self.connection
+        writer = connection._writer
+        if writer is None:
+            await connection.connect()
+            writer = connection._writer
+        previous = self._last
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)
+        self._last = done
+        try:
+            # Written at once, before any await: batches keep the order in
+            # which their replies are read.
+            writer.write(data)
+            async with asyncio.timeout(self.deadline):
+                await writer.drain()
+                if previous is not None:
+                    await previous
+                replies = await _read_replies(connection, count)
+        except BaseException as exc:
+            self.broken = True
+            if not done.done():
+                done.set_exception(
+                    RedisConnectionError("an earlier batch on this connection failed")
+                )
+            await self._give_back()
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(
+                    f"no reply from Redis within {self.deadline} s"
+                ) from exc
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        done.set_result(None)
+        return replies
+
+    async def close(self) -> None:
+        self.broken = True
+        await self._give_back()
+
+    async def _give_back(self) -> None:
+        # Replies may be left unread: the connection cannot be reused as is.
+        await self.connection.disconnect()
+        if not self._released:
+            self._released = True
+            await self.pool.release(self.connection)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Marks a line's failure as seen when no later round trip waited on it."""
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(slots=True)
 class _Batch:
     """The script-free part of a round trip: its plans and reply indices."""
@@ -562,6 +640,8 @@ class RecordStore:
     _cluster_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(CLUSTER_CONCURRENCY), repr=False
     )
+    _line: _Line | None = field(default=None, repr=False)
+    _line_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def check_server(self) -> None:
         """Refuse settings the server cannot honour (WAITAOF needs Redis 7.2).
@@ -867,30 +947,34 @@ class RecordStore:
         self.fenced_writes = False
 
     async def _roundtrip(self, data: bytes, count: int) -> list[Any]:
-        """Write ``data`` (``count`` commands) on one pooled connection and
-        read their replies in order, errors as values, all as bytes.
+        """Write ``data`` (``count`` commands) and read their replies in
+        order, errors as values, all as bytes.
 
         A pipeline without redis-py's per-argument packing and per-reply
-        coroutine, which were most of the cost of a batch of records. One
-        deadline for the whole batch, the connection's socket timeout.
+        coroutine, which were most of the cost of a batch of records. Round
+        trips share one connection and follow each other without waiting
+        (see :class:`_Line`). One deadline for the whole batch, the
+        connection's socket timeout.
         """
+        line = self._line
+        if line is None or line.broken:
+            async with self._line_lock:
+                line = self._line
+                if line is None or line.broken:
+                    line = self._line = await self._open_line()
+        return await line.roundtrip(data, count)
+
+    async def _open_line(self) -> _Line:
         assert not isinstance(self.client, AsyncRedisCluster)
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
-        deadline = connection.socket_timeout or DEFAULT_DEADLINE_S
-        try:
-            await connection.send_packed_command(data, check_health=False)
-            async with asyncio.timeout(deadline):
-                return await _read_replies(connection, count)
-        except TimeoutError as exc:
-            await connection.disconnect()
-            raise RedisTimeoutError(f"no reply from Redis within {deadline} s") from exc
-        except BaseException:
-            # Replies may be left unread: the connection cannot be reused.
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        return _Line(connection, pool)
+
+    async def close(self) -> None:
+        """Give the store's connection back to its pool."""
+        if self._line is not None:
+            await self._line.close()
+            self._line = None
 
     async def _write_on_cluster(
         self, packets: Sequence[PacketWrite]
@@ -1005,20 +1089,18 @@ async def _read_with_hiredis(parser: Any, count: int) -> list[Any]:
     gets = partial(parser._reader.gets, False)
     while True:
         start = len(replies)
-        # Every whole reply buffered, without a Python step per reply (a
-        # batch has dozens a packet: one per queued command, then the EXEC
-        # array). The iterator ends for good at the first "not enough data".
-        replies.extend(iter(gets, _NOT_ENOUGH_DATA))
+        # The whole replies buffered, up to ``count`` (what follows belongs to
+        # the next batch on the connection), without a Python step per reply:
+        # a batch has dozens a packet, one per queued command and the EXEC
+        # array. The iterator ends for good at the first "not enough data".
+        replies.extend(islice(iter(gets, _NOT_ENOUGH_DATA), count - start))
         if not _PLAIN_REPLIES.issuperset(map(type, replies[start:])):
             for reply in replies[start:]:
                 if isinstance(reply, RedisConnectionError):
                     raise reply
-        if len(replies) >= count:
-            break
+        if len(replies) == count:
+            return replies
         await parser.read_from_socket()
-    if len(replies) > count:
-        raise RedisConnectionError(f"{len(replies)} replies to {count} commands")
-    return replies
 
 
 try:

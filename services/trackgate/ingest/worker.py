@@ -215,6 +215,7 @@ class Worker:
         for session in list(self.connections):
             session.close("shutdown")
         await self.writer.close()
+        await self.store.close()
         await self.courier.close()
         # Closed transports report connection_lost on the next loop turn.
         await asyncio.sleep(0)

@@ -203,13 +203,32 @@ async def test_records_scan_stops_at_the_budget_and_says_where_to_go_on(
         assert found == [f"{NOW}-0"]
 
 
+@pytest.mark.parametrize("cursor", ["0-0", "0000-0", "0-000"])
 async def test_records_before_the_first_possible_id_are_an_empty_page(
-    api: httpx.AsyncClient, sync_redis: redis.Redis
+    api: httpx.AsyncClient, sync_redis: redis.Redis, cursor: str
 ) -> None:
     seed_device(sync_redis, A, seen_at=NOW)
     seed_record(sync_redis, A, at=NOW)
     response = await api.get(
-        f"/v1/devices/{A}/records", params={"before": "0-0"}, headers=READ
+        f"/v1/devices/{A}/records",
+        params={"before": cursor, "since": 0, "until": 0},
+        headers=READ,
     )
     assert response.status_code == 200, response.text
     assert response.json()["items"] == []
+    assert response.json()["next_before"] is None
+
+
+async def test_a_cursor_with_leading_zeros_is_the_same_id(
+    api: httpx.AsyncClient, sync_redis: redis.Redis
+) -> None:
+    seed_device(sync_redis, A, seen_at=NOW)
+    seed_record(sync_redis, A, at=NOW)
+    seed_record(sync_redis, A, at=NOW + 1)
+    response = await api.get(
+        f"/v1/devices/{A}/records",
+        params={"before": f"000{NOW + 1}-00"},
+        headers=READ,
+    )
+    assert response.status_code == 200, response.text
+    assert [r["id"] for r in response.json()["items"]] == [f"{NOW}-0"]

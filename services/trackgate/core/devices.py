@@ -261,7 +261,9 @@ async def device_records(
     stream = keys.records_for(imei)
     top = "+" if until_ms is None else str(until_ms)
     if before is not None:
-        top = "(" + before
+        # Normalised ("0000-0" is "0-0"), so the first id below is recognised.
+        ms, _, seq = before.partition("-")
+        top = f"({int(ms)}-{int(seq or 0)}"
     bottom = "-" if since_ms is None else str(since_ms)
     records: list[Record] = []
     scanned = 0

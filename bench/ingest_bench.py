@@ -93,6 +93,20 @@ def server_ack_quantiles(admin_port: int) -> dict[str, float]:
     return out
 
 
+def records_in_redis(redis_port: int, kind: str) -> int:
+    """Entries in the server's record streams (resent records count again)."""
+    import redis
+
+    from trackgate.core.keys import Keys
+
+    names = ["naive:records"] if kind == "naive" else Keys().all_records()
+    client = redis.Redis(port=redis_port)
+    try:
+        return sum(int(client.xlen(name)) for name in names)
+    finally:
+        client.close()
+
+
 def rss_kib(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -229,7 +243,9 @@ def main() -> None:
                 )
                 server = Server(kind, url, opts.workers)
                 try:
-                    one[f"{kind}_throughput"] = simulate(server.port, *load(kind))
+                    run = simulate(server.port, *load(kind))
+                    run["records_in_redis"] = records_in_redis(redis_port, kind)
+                    one[f"{kind}_throughput"] = run
                     if kind == "trackgate":
                         one["trackgate_server_ack_full_load"] = server_ack_quantiles(
                             server.admin
@@ -353,6 +369,12 @@ def report(r: dict[str, Any]) -> None:
             "records acked / sent",
             f"{naive['records_acked']}/{naive['records_sent']}",
             f"{tg['records_acked']}/{tg['records_sent']}",
+            "",
+        ),
+        (
+            "records in the Redis streams",
+            naive["records_in_redis"],
+            tg["records_in_redis"],
             "",
         ),
         (

@@ -77,5 +77,17 @@ class Keys:
         """IMEIs whose sessions one ingest worker holds (``pod/worker``)."""
         return f"{self.prefix}:holder:{{{owner}}}"
 
+    def alive(self, owner: str) -> str:
+        """Present while the ingest worker ``pod/worker`` sends heartbeats."""
+        return f"{self.prefix}:alive:{{{owner}}}"
+
+    def claimed(self, owner: str) -> str:
+        """A gone worker's holder set, taken over by the sweeper releasing it."""
+        return f"{self.prefix}:claimed:{{{owner}}}"
+
+    def holders(self) -> str:
+        """The ``pod/worker`` names of the ingest workers that hold sessions."""
+        return f"{self.prefix}:holders"
+
     def events(self) -> str:
         return f"{self.prefix}:events"

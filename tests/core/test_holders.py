@@ -118,14 +118,16 @@ async def test_sweepers_at_once_release_each_device_once(any_redis_url: str) -> 
     await client.aclose()
 
 
-async def test_leave_removes_the_worker_from_the_holders(redis_url: str) -> None:
+async def test_a_retired_worker_is_swept_at_once(redis_url: str) -> None:
     client = async_client(redis_url)
-    holder = Holders(client, KEYS, LIVE)
+    holder = Holders(client, KEYS, GONE)
     await holder.beat(now_ms())
-    assert await client.pttl(KEYS.alive(LIVE)) > 40_000
-    await holder.leave()
+    assert await client.pttl(KEYS.alive(GONE)) > 40_000
+    await open_sessions(client, GONE, ["352093081000040"])
+    await holder.retire()
+    assert await client.exists(KEYS.alive(GONE)) == 0
+    assert await Holders(client, KEYS, LIVE).sweep(now_ms()) == {GONE: 1}
     assert await client.smembers(KEYS.holders()) == set()
-    assert await client.exists(KEYS.alive(LIVE)) == 0
     await client.aclose()
 
 
@@ -146,4 +148,27 @@ async def test_a_claim_whose_sweeper_died_is_retaken(
     assert await live.sweep(now_ms()) == {GONE: 2}
     assert [await connected(client, i) for i in imeis] == [b"0"] * 2
     assert not await client.sismember(KEYS.holders(), GONE)  # type: ignore[misc]
+    await client.aclose()
+
+
+async def test_a_worker_back_from_a_lapse_reclaims_only_its_own_sessions(
+    redis_url: str,
+) -> None:
+    client = async_client(redis_url)
+    stalled = Holders(client, KEYS, GONE, ttl_s=0.2)
+    assert await stalled.beat(now_ms()) is False  # first beat: no key before
+    assert await stalled.beat(now_ms()) is True
+    kept, moved = "352093081000050", "352093081000051"
+    await open_sessions(client, GONE, [kept, moved])
+    await asyncio.sleep(0.3)
+    assert await Holders(client, KEYS, LIVE).sweep(now_ms()) == {GONE: 2}
+    await open_sessions(client, LIVE, [moved])  # logged in elsewhere meanwhile
+
+    assert await stalled.beat(now_ms()) is False
+    assert await stalled.reclaim(kept, f"s-{kept}") is True
+    assert await stalled.reclaim(moved, f"s-{moved}") is False
+    assert await connected(client, kept) == b"1"
+    device = await client.hgetall(KEYS.device(moved))  # type: ignore[misc]
+    assert (device[b"connected"], device[b"pod"]) == (b"1", b"pod-b")
+    assert await client.sismember(KEYS.holder(GONE), kept)  # type: ignore[misc]
     await client.aclose()

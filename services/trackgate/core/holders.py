@@ -7,7 +7,8 @@ killed restarts under the same name and releases its predecessor's devices
 lost, a scale-down that could not drain) never does. Any live worker sweeps
 for holders whose key has expired and marks their devices disconnected, so
 a device status says ``connected`` for at most the heartbeat TTL plus one
-sweep after its gateway is gone.
+sweep after its gateway is gone (``TRACKGATE_HEARTBEAT_TTL_S`` and
+``TRACKGATE_HEARTBEAT_S``).
 
 A holder's set of devices is claimed by renaming it inside a script that
 first checks the alive key (both share the holder's hash slot), so a worker
@@ -28,9 +29,7 @@ from trackgate.core.store import RELEASE_LUA
 
 log = logging.getLogger("trackgate.holders")
 
-#: How often a worker renews its alive key, and sweeps for gone holders.
-HEARTBEAT_S = 10.0
-#: How long an alive key outlives its last renewal.
+#: How long an alive key outlives its last renewal (the worker's setting).
 ALIVE_TTL_S = 45.0
 
 #: A claimed holder set not released by then (its sweeper died) is retaken.
@@ -57,6 +56,17 @@ return 1
 """
 ALIVE, NOTHING, CLAIMED, BUSY = -1, 0, 1, 2
 
+# KEYS: the device hash.  ARGV: session id.  Connected again only if the
+# session is still the device's newest one.
+RECLAIM_LUA = """
+if redis.call('HGET', KEYS[1], 'session_id') == ARGV[1]
+    and redis.call('HGET', KEYS[1], 'connected') == '0' then
+  redis.call('HSET', KEYS[1], 'connected', '1')
+  return 1
+end
+return 0
+"""
+
 
 def split_owner(owner: str) -> tuple[str, str]:
     """``pod/worker`` into its parts (the worker is the last segment)."""
@@ -75,16 +85,34 @@ class Holders:
     owner: str
     ttl_s: float = ALIVE_TTL_S
 
-    async def beat(self, now_ms: int) -> None:
-        """Say this worker is alive for another TTL."""
-        await self.client.set(
-            self.keys.alive(self.owner), str(now_ms), px=int(self.ttl_s * 1000)
+    async def beat(self, now_ms: int) -> bool:
+        """Say this worker is alive for another TTL.
+
+        Returns False when its alive key had expired: a sweeper may have
+        marked this worker's devices disconnected, and the worker announces
+        its sessions again.
+        """
+        previous = await self.client.set(
+            self.keys.alive(self.owner),
+            str(now_ms),
+            px=int(self.ttl_s * 1000),
+            get=True,
         )
         await self.client.sadd(self.keys.holders(), self.owner)
+        return previous is not None
 
-    async def leave(self) -> None:
-        """A worker that stops for good: its devices were released by then."""
-        await self.client.srem(self.keys.holders(), self.owner)
+    async def reclaim(self, imei: str, session_id: str) -> bool:
+        """After a lapse: the session is this worker's again, unless the
+        device has logged in since on another session."""
+        await self.client.sadd(self.keys.holder(self.owner), imei)
+        done = await self.client.eval(
+            RECLAIM_LUA, 1, self.keys.device(imei), session_id
+        )
+        return bool(done)
+
+    async def retire(self) -> None:
+        """A worker that stops: the next sweep releases any device it could
+        not mark disconnected itself, and forgets it."""
         await self.client.delete(self.keys.alive(self.owner))
 
     async def sweep(self, now_ms: int) -> dict[str, int]:

@@ -128,6 +128,10 @@ class Telemetry:
         self.sessions_closed = meter.create_counter(
             "trackgate.sessions.closed", description="Sessions ended, by reason"
         )
+        self.sessions_released = meter.create_counter(
+            "trackgate.sessions.released",
+            description="Devices marked disconnected for a worker that is gone",
+        )
         self.bursts = meter.create_counter(
             "trackgate.bursts",
             description="Reconnects followed by records older than the threshold",

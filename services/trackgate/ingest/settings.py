@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trackgate.core.settings import CommonSettings
 from trackgate.core.store import DEFAULT_DEDUP_TTL_S, DEFAULT_DEDUP_WINDOW
@@ -65,6 +65,18 @@ class IngestSettings(CommonSettings):
     drain_seconds: float = Field(
         20.0, ge=0, description="Grace period on SIGTERM before sessions are cut."
     )
+    heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often a worker renews its alive key in Redis and marks "
+        "the devices of gone workers disconnected.",
+    )
+    heartbeat_ttl_s: float = Field(
+        45.0,
+        gt=0,
+        description="How long a worker's alive key outlives its last renewal: "
+        "a worker silent for longer is taken for gone.",
+    )
     burst_threshold_s: int = Field(
         600,
         ge=1,
@@ -114,6 +126,16 @@ class IngestSettings(CommonSettings):
     trace_ratio: float = Field(
         0.01, ge=0, le=1, description="Share of packets traced when OTLP is on."
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_period(self) -> IngestSettings:
+        if self.heartbeat_ttl_s <= 2 * self.heartbeat_s:
+            raise ValueError(
+                "TRACKGATE_HEARTBEAT_TTL_S must exceed twice TRACKGATE_HEARTBEAT_S "
+                f"(got {self.heartbeat_ttl_s} and {self.heartbeat_s}): a live "
+                "worker would be taken for gone"
+            )
+        return self
 
     def wait_aof_args(self) -> tuple[int, int, int] | None:
         if not self.wait_aof:

@@ -27,6 +27,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from trackgate.core import telemetry as tm
+from trackgate.core.holders import Holders
 from trackgate.core.logs import LogLimiter
 from trackgate.core.redisconn import (
     AsyncClient,
@@ -115,6 +116,9 @@ class Worker:
             wait_aof=settings.wait_aof_args(),
         )
         self.sessions_store = SessionStore(self.redis, self.keys)
+        self.holders = Holders(
+            self.redis, self.keys, self.name, ttl_s=settings.heartbeat_ttl_s
+        )
         from trackgate.ingest.writer import BatchWriter
 
         self.writer = BatchWriter(
@@ -162,6 +166,8 @@ class Worker:
             await self.store.check_server()
         # Before listening: sessions a crashed predecessor held are over.
         await self._release_previous()
+        with contextlib.suppress(RedisError, OSError):
+            await self.holders.beat(int(time.time() * 1000))
         self.backlog = self.settings.backlog or read_somaxconn()
         self.listeners = open_listeners(
             self.settings.host, self.settings.port, socket.SOCK_STREAM
@@ -187,6 +193,7 @@ class Worker:
         self._spawn(self._loop_lag(), "loop-lag")
         self._spawn(self._warm_up(), "warm-up")
         self._spawn(self._probe_redis(), "probe")
+        self._spawn(self._heartbeat(), "heartbeat")
         if self.index == 0:
             self._spawn(self._watch_streams(), "streams")
         log.info(
@@ -224,6 +231,10 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.holders.retire(), RELEASE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the heartbeat expires anyway
+            log.warning("heartbeat not withdrawn worker=%s: %s", self.name, exc)
         await self.redis.aclose()
         await self.store_redis.aclose()
         self.telemetry.shutdown()
@@ -434,6 +445,42 @@ class Worker:
                 released,
                 self.name,
             )
+
+    async def _heartbeat(self) -> None:
+        """Keep this worker's alive key; mark the devices of gone ones
+        disconnected (every worker sweeps; a gone worker is claimed once)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            now = int(time.time() * 1000)
+            try:
+                if not await self.holders.beat(now):
+                    self._announce_all()
+                gone = await self.holders.sweep(now)
+            except Exception as exc:  # noqa: BLE001 - retried next beat
+                log.warning("heartbeat failed worker=%s: %s", self.name, exc)
+                continue
+            for released in gone.values():
+                self.telemetry.sessions_released.add(released)
+
+    def _announce_all(self) -> None:
+        """After a heartbeat gap longer than its TTL (a stalled loop, Redis
+        away): the sessions may have been released by a sweeper."""
+        log.warning(
+            "heartbeat had lapsed worker=%s: reclaiming %d sessions",
+            self.name,
+            len(self.sessions),
+        )
+        self._spawn(self._reclaim_all(), "reclaim")
+
+    async def _reclaim_all(self) -> None:
+        reclaimed = 0
+        for imei, session in list(self.sessions.items()):
+            try:
+                async with self._bookkeeping:
+                    reclaimed += await self.holders.reclaim(imei, session.session_id)
+            except Exception as exc:  # noqa: BLE001 - status only
+                log.warning("session not reclaimed imei=%s: %s", imei, exc)
+        log.info("sessions marked connected again worker=%s: %d", self.name, reclaimed)
 
     async def _probe_redis(self) -> None:
         """Readiness follows Redis both ways, with or without traffic."""

@@ -84,6 +84,11 @@ class Invalid(ClientError):
     code = "invalid_request"
 
 
+class ContentTooLarge(ClientError):
+    status = 413
+    code = "body_too_large"
+
+
 class TooManyRequests(ClientError):
     status = 429
     code = "rate_limited"
@@ -99,11 +104,32 @@ class Unavailable(ServiceError):
     code = "unavailable"
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised inside a body read once the bytes received pass the limit.
+
+    An HTTP exception, so that the route's body reading lets it through
+    unchanged; its own handler gives it the one error shape.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413)
+        self.limit = limit
+
+
+def body_too_large(limit: int) -> ContentTooLarge:
+    """The error of a request body longer than ``limit`` bytes."""
+    return ContentTooLarge(
+        f"the request body is larger than {limit} bytes",
+        details={"max_bytes": limit},
+    )
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
-def _response(error: ApiError) -> JSONResponse:
+def error_response(error: ApiError) -> JSONResponse:
+    """The JSON response of ``error``, counted in the error metric."""
     metrics.ERRORS.labels(code=error.code).inc()
     return JSONResponse(
         error_body(error.code, error.message, error.details),
@@ -146,7 +172,7 @@ async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
     error = translate(exc)
     if error is None:
         return await _handle_unexpected(request, exc)
-    return _response(error)
+    return error_response(error)
 
 
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -157,7 +183,7 @@ async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
          "type": item.get("type", "")}
         for item in exc.errors()
     ]  # fmt: skip
-    return _response(Invalid("request is not valid", details=details))
+    return error_response(Invalid("request is not valid", details=details))
 
 
 _HTTP_CODES = {
@@ -175,14 +201,19 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
         headers=dict(exc.headers or {}),
     )  # fmt: skip
     error.status = exc.status_code
-    return _response(error)
+    return error_response(error)
+
+
+async def _handle_body_too_large(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyTooLarge)
+    return error_response(body_too_large(exc.limit))
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unhandled error on %s %s", request.method, request.url.path, exc_info=exc
     )
-    return _response(ServiceError("internal error"))
+    return error_response(ServiceError("internal error"))
 
 
 def install(app: FastAPI) -> None:
@@ -194,4 +225,5 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(family, _handle_known)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(BodyTooLarge, _handle_body_too_large)
     app.add_exception_handler(Exception, _handle_unexpected)

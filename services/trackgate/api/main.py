@@ -2,9 +2,9 @@
 
 ``create_app`` validates what can be checked before serving (the token
 file above all: a missing or malformed file stops the process with a clear
-message) and registers routers, error handlers and the metrics middleware;
-the lifespan opens the Redis client on the serving event loop and closes it
-at shutdown.
+message) and registers routers, error handlers, the request body limit and
+the metrics middleware; the lifespan opens the Redis client on the serving
+event loop and closes it at shutdown.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from trackgate.api import errors
 from trackgate.api.auth import TokenBook, TokenFileError
+from trackgate.api.bodylimit import BodyLimitMiddleware
 from trackgate.api.metrics import MetricsMiddleware
 from trackgate.api.routes import api_routers, health
 from trackgate.api.settings import ApiSettings, load_settings
@@ -80,6 +81,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.keys = keys
     app.state.live_streams = 0
     errors.install(app)
+    # Added first, so it runs inside the metrics middleware: a refused body
+    # is counted and timed like any other answer.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     for router in api_routers():

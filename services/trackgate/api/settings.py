@@ -86,6 +86,14 @@ class ApiSettings(CommonSettings):
         le=60,
         description="Longest sampling a diagnostics call may ask.",
     )
+    api_max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=16 * 1024,
+        le=16 * 1024 * 1024,
+        description="Largest request body accepted, bytes; a longer one is "
+        "answered 413 before it is read. The 16 KiB minimum holds any command "
+        "request not padded with whitespace.",
+    )
     port: int = Field(
         default=5027,
         ge=1,

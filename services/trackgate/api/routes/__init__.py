@@ -17,6 +17,7 @@ from trackgate.api.schemas import ErrorBody
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No token, or not a valid one."},
     403: {"model": ErrorBody, "description": "The token's scope is too small."},
+    413: {"model": ErrorBody, "description": "The request body is too large."},
     422: {"model": ErrorBody, "description": "A parameter or the body is not valid."},
     503: {"model": ErrorBody, "description": "Redis did not answer."},
 }

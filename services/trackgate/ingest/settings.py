@@ -65,6 +65,19 @@ class IngestSettings(CommonSettings):
     drain_seconds: float = Field(
         20.0, ge=0, description="Grace period on SIGTERM before sessions are cut."
     )
+    worker_hang_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="A worker whose event loop has not turned for this long is "
+        "hung: /healthz fails (far above the longest pause seen under load, "
+        "about 0.5 s).",
+    )
+    worker_hang_restart: bool = Field(
+        True,
+        description="The supervisor kills a hung worker (after a stack dump to "
+        "the log) and starts it again; false leaves it to the liveness probe.",
+    )
     heartbeat_s: float = Field(
         10.0,
         gt=0,

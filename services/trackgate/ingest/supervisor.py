@@ -6,11 +6,17 @@ spreads connections over them. A worker that dies is started again with
 backoff. SIGTERM (or SIGINT) is passed on to the workers, which drain; any
 still running after the grace period is killed.
 
+Each worker's event loop sends pulses over a pipe
+(:mod:`trackgate.ingest.liveness`). A worker whose loop has not turned for
+``TRACKGATE_WORKER_HANG_TIMEOUT_S`` is hung: it is logged and counted, and
+(unless ``TRACKGATE_WORKER_HANG_RESTART=false``) asked for a stack dump,
+killed and started again like a worker that died.
+
 The admin HTTP port serves ``/healthz`` (the supervisor and every worker
-alive), ``/readyz`` (every worker listening with Redis reachable) and
-``/metrics`` (all workers' metrics, merged, each sample labelled with its
-worker). Workers serve their own admin endpoints on loopback ports chosen
-here.
+alive, no worker hung), ``/readyz`` (every worker listening with Redis
+reachable) and ``/metrics`` (all workers' metrics, merged, each sample
+labelled with its worker, and the supervisor's own). Workers serve their own
+admin endpoints on loopback ports chosen here.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -35,6 +42,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from trackgate.core.store import ENTRY_PACKER
 from trackgate.diagnostics.errors import DiagnosticsError
 from trackgate.diagnostics.sockets import listeners
+from trackgate.ingest.liveness import PULSE_INTERVAL_S, PulseReader
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.sockets import read_somaxconn
 from trackgate.protocol import RECORD_DECODER
@@ -51,6 +59,10 @@ QUICK_EXIT_S = 5.0
 GIVE_UP_AFTER = 4
 #: Below this the kernel cap on the backlog is too low for a reconnect storm.
 LOW_SOMAXCONN = 1024
+#: How often the workers' pulses are looked at.
+WATCH_INTERVAL_S = 2 * PULSE_INTERVAL_S
+#: Time a hung worker gets to write its stack dump before it is killed.
+STACK_DUMP_WAIT_S = 0.5
 
 
 @dataclass
@@ -62,6 +74,28 @@ class WorkerProcess:
     restarts: int = 0
     failures_in_row: int = 0
     exit_codes: list[int] = field(default_factory=list)
+    #: the supervisor's end of this process's pulse pipe
+    pulses: PulseReader | None = None
+    #: found hung and not seen turning since (reset by a new process)
+    hung: bool = False
+    hangs: int = 0
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def silent_for(self, now: float) -> float | None:
+        """Seconds since its loop last turned; None if no process runs."""
+        if not self.alive() or self.pulses is None:
+            return None
+        self.pulses.read()
+        return self.pulses.silent_for(now)
+
+    def loop_hung(self, now: float, threshold_s: float) -> bool:
+        """A running process whose event loop has not turned for too long."""
+        if not self.alive() or self.pulses is None:
+            return False
+        self.pulses.read()
+        return self.pulses.hung(now, threshold_s)
 
 
 def _free_loopback_port() -> int:
@@ -131,6 +165,7 @@ class Supervisor:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
         runner = await self._start_admin()
         watchers = [asyncio.create_task(self._keep(w)) for w in self.workers]
+        loops = asyncio.create_task(self._watch_loops())
         log.info(
             "ingest started workers=%d port=%d admin_port=%d "
             "record_decoder=%s entry_packer=%s",
@@ -151,9 +186,9 @@ class Supervisor:
         )
         failed = any(t in done and t.result() is False for t in watchers)
         await self._stop_workers()
-        for task in watchers:
+        for task in (*watchers, loops):
             task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        await asyncio.gather(*watchers, loops, return_exceptions=True)
         await self._session.close()
         if runner is not None:
             await runner.cleanup()
@@ -180,22 +215,34 @@ class Supervisor:
             )
 
     async def _spawn(self, worker: WorkerProcess) -> None:
-        worker.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "trackgate.ingest.worker_main",
-            str(worker.index),
-            str(worker.admin_port),
-            env=worker_env(self.settings),
-        )
+        pulse_read, pulse_write = os.pipe()
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "trackgate.ingest.worker_main",
+                str(worker.index),
+                str(worker.admin_port),
+                str(pulse_write),
+                env=worker_env(self.settings),
+                pass_fds=(pulse_write,),
+            )
+        except BaseException:
+            os.close(pulse_read)
+            raise
+        finally:
+            os.close(pulse_write)
         worker.started = time.monotonic()
+        worker.pulses = PulseReader(pulse_read, worker.started)
+        worker.hung = False
 
     async def _keep(self, worker: WorkerProcess) -> bool:
         """Run a worker, restarting it; False when it cannot start at all."""
         while not self.stopping:
             await self._spawn(worker)
-            assert worker.process is not None
+            assert worker.process is not None and worker.pulses is not None
             code = await worker.process.wait()
+            worker.pulses.close()
             if self.stopping:
                 return True
             worker.exit_codes = (worker.exit_codes + [code])[-10:]
@@ -222,6 +269,66 @@ class Supervisor:
             worker.restarts += 1
             await asyncio.sleep(delay)
         return True
+
+    async def _watch_loops(self) -> None:
+        """Find workers whose event loop stopped turning; replace them."""
+        threshold = self.settings.worker_hang_timeout_s
+        while not self.stopping:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            newly_hung = []
+            for worker in self.workers:
+                hung = worker.loop_hung(now, threshold)
+                if hung and not worker.hung:
+                    worker.hung = True
+                    worker.hangs += 1
+                    newly_hung.append(worker)
+                    self._report_hang(worker, now)
+                elif worker.hung and not hung and worker.alive():
+                    worker.hung = False
+                    log.warning(
+                        "worker %d event loop turns again (pid %s)",
+                        worker.index,
+                        _pid(worker),
+                    )
+            if newly_hung and self.settings.worker_hang_restart:
+                await self._kill_hung(newly_hung)
+
+    def _report_hang(self, worker: WorkerProcess, now: float) -> None:
+        silent = worker.silent_for(now) or 0.0
+        threshold = self.settings.worker_hang_timeout_s
+        if self.settings.worker_hang_restart:
+            log.error(
+                "worker %d (pid %s) is hung: its event loop has not turned for "
+                "%.1f s (limit %.1f s); dumping its stack, killing it and "
+                "starting it again",
+                worker.index,
+                _pid(worker),
+                silent,
+                threshold,
+            )
+        else:
+            log.error(
+                "worker %d (pid %s) is hung: its event loop has not turned for "
+                "%.1f s (limit %.1f s); left running "
+                "(TRACKGATE_WORKER_HANG_RESTART=false), /healthz fails",
+                worker.index,
+                _pid(worker),
+                silent,
+                threshold,
+            )
+
+    async def _kill_hung(self, workers: list[WorkerProcess]) -> None:
+        """SIGUSR1 (a stack dump to the log), then SIGKILL; _keep restarts."""
+        processes = [w.process for w in workers if w.process is not None]
+        for process in processes:
+            with suppress(ProcessLookupError):
+                process.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(STACK_DUMP_WAIT_S)
+        for process in processes:
+            if process.returncode is None and not self.stopping:
+                with suppress(ProcessLookupError):
+                    process.kill()
 
     async def _stop_workers(self) -> None:
         self.stopping = True
@@ -274,18 +381,29 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return 0, str(exc)
 
+    async def _fetch_unless_hung(
+        self, worker: WorkerProcess, path: str
+    ) -> tuple[int, str]:
+        """A hung worker would only let the request time out."""
+        now = time.monotonic()
+        if worker.loop_hung(now, self.settings.worker_hang_timeout_s):
+            return 0, "event loop hung"
+        return await self._fetch(worker, path)
+
     async def _healthz(self, _request: web.Request) -> web.Response:
-        alive = [
-            w.process is not None and w.process.returncode is None for w in self.workers
-        ]
-        status = 200 if all(alive) else 503
+        now = time.monotonic()
+        threshold = self.settings.worker_hang_timeout_s
+        alive = [w.alive() for w in self.workers]
+        hung = [w.loop_hung(now, threshold) for w in self.workers]
+        status = 200 if all(alive) and not any(hung) else 503
         return web.json_response(
-            {"workers": len(alive), "alive": sum(alive)}, status=status
+            {"workers": len(alive), "alive": sum(alive), "hung": sum(hung)},
+            status=status,
         )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         answers = await asyncio.gather(
-            *(self._fetch(w, "/readyz") for w in self.workers)
+            *(self._fetch_unless_hung(w, "/readyz") for w in self.workers)
         )
         ready = [code == 200 for code, _ in answers]
         ok = all(ready) and not self.stopping
@@ -296,20 +414,53 @@ class Supervisor:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         answers = await asyncio.gather(
-            *(self._fetch(w, "/metrics") for w in self.workers)
+            *(self._fetch_unless_hung(w, "/metrics") for w in self.workers)
         )
         texts = {
             w.index: text
             for w, (code, text) in zip(self.workers, answers, strict=True)
             if code == 200
         }
-        body = merge_metrics(texts)
+        body = merge_metrics(texts, self._own_metrics())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    def _own_metrics(self) -> list[Metric]:
+        """The supervisor's view of its workers, labelled like theirs."""
+        hangs = CounterMetricFamily(
+            "trackgate_worker_hangs",
+            "Times a worker's event loop was found not turning for longer than "
+            "TRACKGATE_WORKER_HANG_TIMEOUT_S",
+            labels=["worker"],
+        )
+        restarts = CounterMetricFamily(
+            "trackgate_worker_restarts",
+            "Worker processes started again after they exited or were killed",
+            labels=["worker"],
+        )
+        silence = GaugeMetricFamily(
+            "trackgate_worker_loop_silence_seconds",
+            "Seconds since a worker's event loop last showed that it turns",
+            labels=["worker"],
+        )
+        now = time.monotonic()
+        for worker in self.workers:
+            label = [str(worker.index)]
+            hangs.add_metric(label, worker.hangs)
+            restarts.add_metric(label, worker.restarts)
+            silent = worker.silent_for(now)
+            if silent is not None:
+                silence.add_metric(label, silent)
+        return [hangs, restarts, silence]
+
+
+def _pid(worker: WorkerProcess) -> str:
+    return "-" if worker.process is None else str(worker.process.pid)
 
 
 class _Merged(Collector):
-    def __init__(self, texts: dict[int, str]) -> None:
+    def __init__(self, texts: dict[int, str], own: Iterable[Metric] = ()) -> None:
         self.texts = texts
+        self.own = list(own)
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
@@ -338,10 +489,12 @@ class _Merged(Collector):
                         sample.exemplar,
                     )
         yield from merged.values()
+        yield from self.own
 
 
-def merge_metrics(texts: dict[int, str]) -> bytes:
-    """Several workers' Prometheus texts as one, with a ``worker`` label."""
+def merge_metrics(texts: dict[int, str], own: Iterable[Metric] = ()) -> bytes:
+    """Several workers' Prometheus texts as one, with a ``worker`` label,
+    followed by the supervisor's own metric families ``own``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged(texts))
+    registry.register(_Merged(texts, own))
     return generate_latest(registry)

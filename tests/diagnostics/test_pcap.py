@@ -187,7 +187,7 @@ def test_reordered_and_duplicated_segments_decode_the_same(
     assert conn["undecoded_bytes"] == 0
 
 
-def test_segment_missing_from_the_capture_leaves_the_rest_undecoded(
+def test_decoding_resumes_after_a_segment_missing_from_the_capture(
     session: Session, tmp_path: Path
 ) -> None:
     packets = _packets(session.path)
@@ -200,11 +200,20 @@ def test_segment_missing_from_the_capture_leaves_the_rest_undecoded(
 
     gap = analyse_capture(_write_pcap(tmp_path / "gap.pcap", packets), session.port)
 
-    first = next(c for c in gap["connections"] if c["client"].startswith(DEVICE_A))
-    # Only the packet before the gap decodes; the bytes behind it wait.
-    assert (first["packets"], first["imei"]) == (1, session.imei)
-    assert first["undecoded_bytes"] >= 400
-    assert first["reassembly_gave_up"] is False
+    first, second = [c for c in gap["connections"] if c["client"].startswith(DEVICE_A)]
+    # The 1073-byte packet lost its first 400 bytes; its other 673 are
+    # skipped, and the fresh 2-record packet after it decodes.
+    assert (first["imei"], first["packets"]) == (session.imei, 2)
+    assert first["records"] == session.records_a[0] + 2
+    assert (first["capture_gaps"], first["gap_bytes"]) == (1, 400)
+    assert (first["skipped_bytes"], first["resyncs"]) == (673, 1)
+    assert first["records_after_resync"] == 2
+    assert first["undecoded_bytes"] == 0
+    assert (second["packets"], second["capture_gaps"]) == (1, 0)
+    # The lost packet's ACK matches nothing; the fresh one was never ACKed.
+    assert (first["server_acks"], first["acks_missing"]) == (2, 1)
+    device = _device(gap, session.imei)
+    assert (device["packets"], device["resent_packets"]) == (3, 1)
 
 
 def test_sequence_numbers_wrapping_past_2_32_decode_the_same(
@@ -253,6 +262,49 @@ def test_capture_started_after_the_login_still_decodes_packets(
     assert conn["handshake_captured"] is False
     assert (conn["imei"], conn["packets"], conn["server_acks"]) == (None, 3, 2)
     assert _address(late, DEVICE_A)["packets"] == 4
+
+
+def test_capture_started_inside_a_packet_decodes_from_the_next_one(
+    session: Session, tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    # Drop everything before the second 400-byte segment of the big packet.
+    second = [
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and len(tcp.data) == 400
+    ][1]
+    cut = _write_pcap(tmp_path / "mid.pcap", packets[second:])
+
+    late = analyse_capture(cut, session.port)
+
+    first, again = [c for c in late["connections"] if c["client"].startswith(DEVICE_A)]
+    assert (first["handshake_captured"], first["imei"]) == (False, None)
+    assert (first["packets"], first["records"]) == (1, 2)
+    assert (first["skipped_bytes"], first["capture_gaps"]) == (400 + 273, 0)
+    assert (again["imei"], again["packets"]) == (session.imei, 1)
+    row = _address(late, DEVICE_A)
+    assert (row["imeis"], row["connections_without_imei"]) == ([session.imei], 1)
+    assert row["packets"] == 2
+
+
+def test_capture_started_before_the_login_learns_the_imei(
+    session: Session, tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    login = next(
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and len(tcp.data) == 17
+    )
+    cut = _write_pcap(tmp_path / "login.pcap", packets[login:])
+
+    late = analyse_capture(cut, session.port)
+
+    first = late["connections"][0]
+    assert (first["handshake_captured"], first["imei"]) == (False, session.imei)
+    assert (first["imei_reply"], first["packets"], first["skipped_bytes"]) == (1, 3, 0)
+    assert _device(late, session.imei)["connections"] == 2
 
 
 def test_pcapng_reads_like_pcap(

@@ -69,6 +69,7 @@ def render(result: dict[str, Any], console: Console) -> None:
         console.print(f"  {line}")
     _render_addresses(result["addresses"], console)
     _render_devices(result["devices"], console)
+    _render_gaps(result["connections"], console)
 
 
 def _summary(totals: dict[str, Any]) -> list[str]:
@@ -80,10 +81,22 @@ def _summary(totals: dict[str, Any]) -> list[str]:
         f"{totals['packets']} AVL packets with {totals['records']} records, "
         f"{totals['resent_packets']} sent again",
         f"{totals['server_acks']} server ACKs; {totals['acks_missing']} packets "
-        f"never acknowledged, {totals['acks_short']} acknowledged short",
+        f"never acknowledged, {totals['acks_short']} acknowledged short"
+        + (
+            f", {totals['acks_not_captured']} whose ACK the capture lost"
+            if totals["acks_not_captured"]
+            else ""
+        ),
         f"{totals['udp_datagrams']} UDP datagrams, {totals['udp_unanswered']} "
         "without a reply",
     ]
+    if totals["capture_gaps"] or totals["resyncs"] or totals["skipped_bytes"]:
+        lines.append(
+            f"[yellow]{totals['capture_gaps']} capture gaps "
+            f"({totals['gap_bytes']} bytes missing), decoding resumed "
+            f"{totals['resyncs']} times, {totals['records_after_resync']} records "
+            f"decoded after resuming, {totals['skipped_bytes']} bytes skipped[/]"
+        )
     lag = totals["lag_seconds"]
     if lag:
         lines.append(
@@ -129,7 +142,7 @@ def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
             str(row["server_acks"]),
             _alarm(row["acks_missing"]),
             str(row["udp_datagrams"]),
-            " ".join(row["imeis"]) or "-",
+            " ".join(row["imeis"] + _unknown(row["connections_without_imei"])) or "-",
         )
     console.print(table)
 
@@ -169,6 +182,56 @@ def _render_devices(rows: list[dict[str, Any]], console: Console) -> None:
             str(row["resent_packets"]),
             _alarm(row["acks_missing"]),
             *spread,
+        )
+    console.print(table)
+
+
+def _unknown(connections: int) -> list[str]:
+    """An IMEI column entry for connections whose login the capture missed."""
+    return ["unknown"] if connections else []
+
+
+def _render_gaps(rows: list[dict[str, Any]], console: Console) -> None:
+    from rich.table import Table
+
+    rows = [
+        row
+        for row in rows
+        if row["capture_gaps"]
+        or row["skipped_bytes"]
+        or row["resyncs"]
+        or row["server_capture_gaps"]
+    ]
+    if not rows:
+        return
+    table = Table(
+        title="Connections with capture gaps (missing = bytes the capture lacks, "
+        "skipped = bytes dropped to find the next frame)",
+        title_justify="left",
+    )
+    table.add_column("client", no_wrap=True)
+    table.add_column("IMEI", no_wrap=True)
+    for column in (
+        "gaps",
+        "missing",
+        "skipped",
+        "resumed",
+        "recs after",
+        "undecoded",
+        "server gaps",
+    ):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row["client"],
+            row["imei"] or "unknown",
+            str(row["capture_gaps"]),
+            str(row["gap_bytes"]),
+            str(row["skipped_bytes"]),
+            str(row["resyncs"]),
+            str(row["records_after_resync"]),
+            str(row["undecoded_bytes"]),
+            str(row["server_capture_gaps"]),
         )
     console.print(table)
 

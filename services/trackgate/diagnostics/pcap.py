@@ -11,6 +11,10 @@ reports, per client address and per IMEI:
   (out-of-order and retransmitted segments are put back in place) and decoded
   with :class:`trackgate.protocol.TcpServerConnection`: IMEIs, AVL packets,
   records, packets sent again, protocol errors;
+* capture gaps: bytes the capture lacks (the other side acknowledged them)
+  are skipped, and decoding resumes at the next plausible frame; the same
+  scanner finds the first frame of a connection whose start was not
+  captured, and the next frame after a fatal protocol error;
 * the server's answers: the 4-byte record counts it sent back, matched to
   packets in order, so packets never acknowledged stand out;
 * record lag: capture time of the packet minus the device's record time;
@@ -24,27 +28,34 @@ limits (IP fragments, mixed link types in one pcapng) are in
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import logging
+import re
 import statistics
 import struct
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import dpkt
 
 from trackgate.diagnostics.errors import CaptureError
 from trackgate.protocol import (
+    AVL_CODECS,
+    GPRS_CODECS,
+    IMEI_MAX_DIGITS,
     AvlPacket,
+    Event,
     GprsMessage,
     Imei,
     KeepAlive,
     LocalProtocolError,
     RemoteProtocolError,
     TcpServerConnection,
+    decode_tcp_frame,
     decode_udp_datagram,
 )
 
@@ -58,8 +69,9 @@ DEFAULT_PORT = 5027
 MAX_FRAME_SIZE = 65536
 # Bytes held per direction of one connection while waiting for a missing
 # segment. A sender never has more than its window in flight (a few hundred
-# KiB at most for a tracker); beyond 1 MiB the gap is capture loss, not
-# reordering, and the rest of that stream is not decoded.
+# KiB at most for a tracker); beyond 1 MiB the hole is capture loss, not
+# reordering, and is skipped as a capture gap even if no acknowledgement
+# showed it (a capture of one direction only has none).
 MAX_OUT_OF_ORDER_BYTES = 1 << 20
 # A handshake that took this long included at least one SYN retransmission
 # (the first retransmission timeout is 1 s).
@@ -122,6 +134,7 @@ def analyse_capture(path: str | Path, port: int = DEFAULT_PORT) -> dict[str, Any
                     f"{path}: link type {analysis.link_type} carries no IP we can read"
                 )
             analysis.feed(_read_packets(reader, analysis))
+            analysis.finish()
             analysis.truncated = analysis.truncated or handle.torn
     except OSError as exc:
         raise CaptureError(f"{path}: {exc.strerror or exc}") from exc
@@ -167,63 +180,398 @@ def _read_packets(reader: Any, analysis: _Analysis) -> Iterator[tuple[float, byt
 # Reassembly -----------------------------------------------------------------
 
 
+class _Chunk(NamedTuple):
+    """Bytes that became contiguous, with the capture time of their segment."""
+
+    ts: float
+    data: bytes
+    gap: int  # bytes missing from the capture just before ``data``
+
+
 class _Reassembler:
-    """One direction of a TCP connection, put back in sequence order."""
+    """One direction of a TCP connection, put back in sequence order.
+
+    Out-of-order segments wait for the bytes before them. The wait ends, and
+    the missing bytes are declared a capture gap, when the capture shows they
+    will never come: the peer acknowledged bytes past the start of a held
+    segment (so it received the hole, and a sender never repeats what was
+    acknowledged), or more than ``MAX_OUT_OF_ORDER_BYTES`` are held, or the
+    capture ends (``flush``). A hole the peer has not acknowledged is a loss
+    on the way: its retransmission fills it. An acknowledgement that only
+    reaches the start of a held segment is not enough, so a capture that
+    shows a segment just after the ACK for it (packets from several CPUs)
+    still reassembles.
+    """
 
     def __init__(self, first_seq: int) -> None:
         self._next_seq = first_seq  # sequence number of the next byte wanted
         self.delivered = 0  # stream offset of that byte
-        self._pending: dict[int, bytes] = {}
+        self._acked = 0  # stream offset the peer acknowledged up to
+        self._pending: dict[int, tuple[float, bytes]] = {}
         self._pending_bytes = 0
+        self._carry = 0  # bytes skipped, to report with the next chunk
         self.retransmitted_segments = 0
-        self.overflowed = False
+        self.gaps = 0
+        self.gap_bytes = 0
 
-    @property
-    def stuck_bytes(self) -> int:
-        """Bytes still waiting behind a gap that never filled."""
-        return self._pending_bytes
-
-    def add(self, seq: int, payload: bytes) -> bytes:
-        """Take one segment; return the bytes that became contiguous."""
+    def _offset(self, seq: int) -> int:
         # Distance from the next wanted byte, in [-2**31, 2**31): sequence
         # numbers wrap at 2**32, stream offsets do not.
         distance = (seq - self._next_seq) % _SEQ_MODULO
         if distance >= _SEQ_HALF:
             distance -= _SEQ_MODULO
-        offset = self.delivered + distance
+        return self.delivered + distance
+
+    def add(self, ts: float, seq: int, payload: bytes) -> list[_Chunk]:
+        """Take one segment; return the chunks that became contiguous."""
+        offset = self._offset(seq)
         end = offset + len(payload)
         if end <= self.delivered:
             self.retransmitted_segments += 1
-            return b""
+            return []
         if offset > self.delivered:
-            self._hold(offset, payload)
-            return b""
+            self._hold(ts, offset, payload)
+            return self._settle()
+        chunk = self._emit(ts, payload[self.delivered - offset :])
+        return [chunk, *self._drain()]
 
-        out = bytearray(payload[self.delivered - offset :])
-        self.delivered += len(out)
+    def acknowledged(self, ack_seq: int) -> list[_Chunk]:
+        """Take the peer's acknowledgement number; return chunks it unblocked."""
+        offset = self._offset(ack_seq)
+        if offset <= self._acked:
+            return []
+        self._acked = offset
+        return self._settle()
+
+    def flush(self) -> list[_Chunk]:
+        """The capture ended: skip every hole and return what was held."""
+        chunks: list[_Chunk] = []
+        while self._pending:
+            chunks += self._skip_to(min(self._pending))
+        return chunks
+
+    def _settle(self) -> list[_Chunk]:
+        chunks: list[_Chunk] = []
+        while self._pending:
+            first = min(self._pending)
+            if self._pending_bytes <= MAX_OUT_OF_ORDER_BYTES and self._acked <= first:
+                break
+            chunks += self._skip_to(first)
+        return chunks
+
+    def _skip_to(self, offset: int) -> list[_Chunk]:
+        missing = offset - self.delivered
+        self.gaps += 1
+        self.gap_bytes += missing
+        self._carry = missing
+        self._advance(missing)
+        return self._drain()
+
+    def _advance(self, size: int) -> None:
+        self.delivered += size
+        self._next_seq = (self._next_seq + size) % _SEQ_MODULO
+
+    def _emit(self, ts: float, data: bytes) -> _Chunk:
+        chunk = _Chunk(ts, data, self._carry)
+        self._carry = 0
+        self._advance(len(data))
+        return chunk
+
+    def _drain(self) -> list[_Chunk]:
+        chunks: list[_Chunk] = []
         while self._pending:
             start = min(self._pending)
             if start > self.delivered:
                 break
-            chunk = self._pending.pop(start)
+            ts, chunk = self._pending.pop(start)
             self._pending_bytes -= len(chunk)
             if start + len(chunk) > self.delivered:
-                fresh = chunk[self.delivered - start :]
-                out += fresh
-                self.delivered += len(fresh)
-        self._next_seq = (self._next_seq + len(out)) % _SEQ_MODULO
-        return bytes(out)
+                chunks.append(self._emit(ts, chunk[self.delivered - start :]))
+        return chunks
 
-    def _hold(self, offset: int, payload: bytes) -> None:
+    def _hold(self, ts: float, offset: int, payload: bytes) -> None:
         known = self._pending.get(offset)
-        if known is not None and len(known) >= len(payload):
+        if known is not None and len(known[1]) >= len(payload):
             self.retransmitted_segments += 1
             return
-        if self._pending_bytes + len(payload) > MAX_OUT_OF_ORDER_BYTES:
-            self.overflowed = True
-            return
-        self._pending_bytes += len(payload) - (len(known) if known else 0)
-        self._pending[offset] = payload
+        self._pending_bytes += len(payload) - (len(known[1]) if known else 0)
+        self._pending[offset] = (ts, payload)
+
+
+# Resynchronisation -----------------------------------------------------------
+
+
+def _sync_pattern(login: bool) -> re.Pattern[bytes]:
+    """Positions where a frame head (or a login frame) could start.
+
+    A frame head is the zero preamble, four length bytes and a codec id of
+    the supported set; a login is a u16 length of 15 or 16 and as many ASCII
+    digits. The lookahead finds overlapping positions in one C-level pass.
+    """
+    codecs = b"".join(re.escape(bytes([c])) for c in sorted(_SYNC_CODECS))
+    head = rb"\x00{4}[\x00-\xff]{4}[" + codecs + rb"]"
+    if login:
+        head += rb"|\x00(?:\x0f[0-9]{15}|\x10[0-9]{16})"
+    return re.compile(rb"(?=" + head + rb")", re.DOTALL)
+
+
+_SYNC_CODECS = AVL_CODECS | GPRS_CODECS
+_SYNC_FRAME = _sync_pattern(login=False)
+_SYNC_FRAME_OR_LOGIN = _sync_pattern(login=True)
+# Longest pattern (a 16-digit login) less one: positions this close to the end
+# of the buffer are looked at again when more bytes arrive.
+_SYNC_MARGIN = 2 + IMEI_MAX_DIGITS - 1
+_FRAME_ENVELOPE = 12  # preamble, length and CRC fields around the data field
+_MIN_FRAME_DATA = 3  # codec id and the two record counts
+_MAX_FRAME_DATA = MAX_FRAME_SIZE - _FRAME_ENVELOPE
+
+
+class _FrameScanner:
+    """Finds the next plausible Teltonika frame in a byte stream of unknown phase.
+
+    A candidate is accepted when it is a whole frame that the protocol package
+    decodes: zero preamble, data length within ``MAX_FRAME_SIZE``, a
+    supported codec, equal counts at both ends, a valid CRC-16/IBM and records
+    that fill the data field exactly. With ``login`` a login frame (u16 length
+    15 or 16 and as many ASCII digits) is accepted as well.
+
+    Cost: each byte is looked at once by one regular-expression pass (a few
+    positions at the end again when more bytes arrive); a candidate whose
+    frame is not complete yet waits in a heap ordered by where it ends, and is
+    checked once when its last byte arrives, first in O(1) (counts equal, CRC
+    field's upper half zero), and only then checksummed and decoded.
+    Candidates never block each other: the earliest one that checks out wins.
+    Memory: bytes before the earliest waiting candidate and before the scan
+    position are dropped, so at most one maximum frame (64 KiB) plus the last
+    chunk are held.
+    """
+
+    def __init__(self, *, login: bool) -> None:
+        self._pattern = _SYNC_FRAME_OR_LOGIN if login else _SYNC_FRAME
+        self._buf = bytearray()
+        self._origin = 0  # stream position of self._buf[0]
+        self._next = 0  # first stream position not fully examined yet
+        self._waiting: list[tuple[int, int]] = []  # heap of (end, start)
+        self._starts: deque[int] = deque()  # waiting starts, in stream order
+        self._resolved: set[int] = set()  # starts popped from the heap
+        self.skipped = 0  # bytes dropped: no frame starts in them
+        self.examined = 0  # candidate positions looked at
+        self.checked_bytes = 0  # bytes of candidates handed to the decoder
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def push(self, data: bytes) -> tuple[bool, bytes] | None:
+        """Add bytes; once a frame or login is found, return (is_login, bytes
+        from its first byte on). Otherwise None: keep pushing."""
+        buf = self._buf
+        buf += data
+        origin = self._origin
+        best: int | None = None
+        end = origin + len(buf)
+        while self._waiting and self._waiting[0][0] <= end:
+            _, start = heapq.heappop(self._waiting)
+            self._resolved.add(start)
+            if (best is None or start < best) and self._frame_checks(start - origin):
+                best = start
+        login = False
+        stop = len(buf) if best is None else best - origin
+        pos = self._next - origin
+        last = -1
+        for match in self._pattern.finditer(buf, pos):
+            i = match.start()
+            if i >= stop:
+                break
+            last = i
+            self.examined += 1
+            if buf[i + 1]:
+                best, login = origin + i, True
+                break
+            length = int.from_bytes(buf[i + 4 : i + 8], "big")
+            if not _MIN_FRAME_DATA <= length <= _MAX_FRAME_DATA:
+                continue
+            frame_end = i + _FRAME_ENVELOPE + length
+            if frame_end > len(buf):
+                heapq.heappush(self._waiting, (origin + frame_end, origin + i))
+                self._starts.append(origin + i)
+            elif self._frame_checks(i):
+                best = origin + i
+                break
+        if best is not None:
+            self.skipped += best - origin
+            rest = bytes(buf[best - origin :])
+            self._reset(end)
+            return login, rest
+        self._next = origin + max(pos, len(buf) - _SYNC_MARGIN, last + 1)
+        self._trim()
+        return None
+
+    def drop(self) -> int:
+        """Forget everything held (a gap follows); returns how many bytes."""
+        held = len(self._buf)
+        self.skipped += held
+        self._reset(self._origin + held)
+        return held
+
+    def _reset(self, position: int) -> None:
+        self._buf.clear()
+        self._origin = self._next = position
+        self._waiting.clear()
+        self._starts.clear()
+        self._resolved.clear()
+
+    def _trim(self) -> None:
+        starts, resolved = self._starts, self._resolved
+        while starts and starts[0] in resolved:
+            resolved.discard(starts.popleft())
+        keep = min(self._next, starts[0]) if starts else self._next
+        drop = keep - self._origin
+        if drop > 0:
+            del self._buf[:drop]
+            self._origin = keep
+            self.skipped += drop
+
+    def _frame_checks(self, i: int) -> bool:
+        """True if the whole frame at buffer index ``i`` decodes."""
+        buf = self._buf
+        length = int.from_bytes(buf[i + 4 : i + 8], "big")
+        end = i + _FRAME_ENVELOPE + length
+        # Number of Data 2 (or Quantity 2) repeats byte 9; the CRC is a u16
+        # sent as a u32, so its upper half is zero.
+        if buf[i + 9] != buf[end - 5] or buf[end - 4] or buf[end - 3]:
+            return False
+        self.checked_bytes += end - i
+        try:
+            decode_tcp_frame(bytes(buf[i:end]))
+        except RemoteProtocolError:
+            return False
+        return True
+
+
+class _ClientStream:
+    """Decodes one connection's client-to-server bytes; resumes after gaps.
+
+    The bytes go to :class:`TcpServerConnection` while the stream is in phase.
+    After a capture gap (told by ``gap``), after a fatal protocol error, or
+    from the start when the capture began inside the connection, a
+    :class:`_FrameScanner` looks for the next plausible frame and a new
+    decoder takes over from there. A login frame is looked for too while the
+    connection has not shown its IMEI or any frame yet.
+    """
+
+    def __init__(self, *, from_start: bool) -> None:
+        self._decoder: TcpServerConnection | None = None
+        self._unconsumed = bytearray()  # what the decoder holds, byte for byte
+        self._scanner: _FrameScanner | None = (
+            None if from_start else _FrameScanner(login=True)
+        )
+        self._after_gap = False  # the scanner runs because of a gap or error
+        self._login_passed = False  # an IMEI or a frame was decoded
+        self.resynced = False  # a decoder was restarted after a gap or error
+        self.errors: Counter[str] = Counter()
+        self.gaps = 0
+        self.gap_bytes = 0
+        self.resyncs = 0
+        self._skipped = 0
+        self._scanned_skips = 0  # skipped by scanners no longer running
+
+    @property
+    def skipped_bytes(self) -> int:
+        """Captured bytes dropped to find the next frame."""
+        scanning = self._scanner.skipped if self._scanner else 0
+        return self._skipped + self._scanned_skips + scanning
+
+    @property
+    def undecoded_bytes(self) -> int:
+        """Bytes held at the end of the capture: an unfinished frame."""
+        if self._scanner is not None:
+            return self._scanner.buffered
+        return len(self._unconsumed)
+
+    def gap(self, missing: int) -> None:
+        """``missing`` bytes the capture lacks come before the next data."""
+        self.gaps += 1
+        self.gap_bytes += missing
+        self._skipped += len(self._unconsumed)
+        self._unconsumed.clear()
+        self._decoder = None
+        if self._scanner is not None:
+            self._scanner.drop()
+        self._scan(after_gap=True)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Decode ``data``; returns the events, counts protocol errors."""
+        events: list[Event] = []
+        while data:
+            if self._decoder is None and self._scanner is None:
+                self._start(expect_imei=_starts_with_login(data))
+            elif self._decoder is None:
+                assert self._scanner is not None
+                found = self._scanner.push(data)
+                if found is None:
+                    return events
+                login, data = found
+                self._retire_scanner()
+                self._start(expect_imei=login)
+            data = self._decode(data, events)
+        return events
+
+    def _scan(self, *, after_gap: bool) -> None:
+        if self._scanner is not None:
+            self._retire_scanner()
+        self._scanner = _FrameScanner(login=not self._login_passed)
+        self._after_gap = after_gap
+
+    def _retire_scanner(self) -> None:
+        assert self._scanner is not None
+        self._scanned_skips += self._scanner.skipped
+        self._scanner = None
+
+    def _start(self, *, expect_imei: bool) -> None:
+        if self._after_gap:
+            self.resyncs += 1
+            self.resynced = True
+            self._after_gap = False
+        self._decoder = TcpServerConnection(
+            max_packet_size=MAX_FRAME_SIZE, expect_imei=expect_imei
+        )
+
+    def _decode(self, data: bytes, events: list[Event]) -> bytes:
+        """Feed the decoder; returns bytes to scan again after a fatal error."""
+        decoder = self._decoder
+        assert decoder is not None
+        unconsumed = self._unconsumed
+        unconsumed += data
+        try:
+            decoder.receive_data(data)
+            while True:
+                try:
+                    event = decoder.next_event()
+                except RemoteProtocolError as exc:
+                    self.errors[exc.kind] += 1
+                    if not exc.fatal:
+                        continue
+                    # The stream is out of phase: look again from the next byte.
+                    del unconsumed[: len(unconsumed) - decoder.buffered]
+                    rest = bytes(unconsumed[1:])
+                    self._skipped += 1
+                    unconsumed.clear()
+                    self._decoder = None
+                    self._scan(after_gap=True)
+                    return rest
+                del unconsumed[: len(unconsumed) - decoder.buffered]
+                if event is None:
+                    return b""
+                if isinstance(event, Imei):
+                    decoder.accept_imei(True)
+                if not isinstance(event, KeepAlive):
+                    self._login_passed = True
+                events.append(event)
+        except LocalProtocolError:  # not reached: every login is accepted
+            self._decoder = None
+            unconsumed.clear()
+            return b""
 
 
 # State per connection ---------------------------------------------------------
@@ -235,6 +583,7 @@ class _PacketSeen:
     records: int
     acked_at: float | None = None
     ack_value: int | None = None
+    ack_not_captured: bool = False  # its ACK fell into a server-stream gap
 
 
 @dataclass
@@ -250,19 +599,24 @@ class _Flow:
     ended: str | None = None
     client_stream: _Reassembler | None = None
     server_stream: _Reassembler | None = None
-    decoder: TcpServerConnection | None = None
+    parser: _ClientStream | None = None
+    # True when the server's first byte is the IMEI reply: the client's
+    # stream begins with a login and the server's was seen from its start.
     logged_in: bool | None = None
     imei: str | None = None
     imei_reply: int | None = None
     server_buffer: bytearray = field(default_factory=bytearray)
+    server_read: int = 0  # server stream bytes taken from server_buffer
+    server_aligning: bool = False  # after a server gap: wait for an ACK's head
+    server_skipped: int = 0
     packets: list[_PacketSeen] = field(default_factory=list)
     unacked: deque[_PacketSeen] = field(default_factory=deque)
+    records_after_resync: int = 0
     acks: int = 0
     nacks: int = 0
     commands: int = 0
     messages: int = 0
     keepalives: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
 
     @property
     def handshake_seconds(self) -> float | None:
@@ -273,6 +627,14 @@ class _Flow:
     @property
     def answered(self) -> bool:
         return self.syn_ack_at is not None or self.client_stream is not None
+
+    @property
+    def acks_missing(self) -> int:
+        return sum(
+            1
+            for packet in self.packets
+            if packet.acked_at is None and not packet.ack_not_captured
+        )
 
 
 @dataclass
@@ -393,10 +755,17 @@ class _Analysis:
                 flow.refused = True
         elif fin:
             flow.ended = flow.ended or "closed"
-        if tcp.data:
-            if from_client:
+        # An acknowledgement can show that bytes missing from the capture
+        # reached the other side: read it before the segment's own data.
+        if from_client:
+            if ack and not rst:
+                self._server_acked(flow, int(tcp.ack))
+            if tcp.data:
                 self._client_data(ts, flow, int(tcp.seq), bytes(tcp.data))
-            else:
+        else:
+            if ack and not rst:
+                self._client_acked(flow, int(tcp.ack))
+            if tcp.data:
                 self._server_data(ts, flow, int(tcp.seq), bytes(tcp.data))
 
     def _client_syn(
@@ -406,9 +775,25 @@ class _Analysis:
             flow.syn_times.append(ts)
             return
         if flow is not None:
-            self.finished.append(flow)
+            self._retire(flow)
         flow = self.flows[key] = _Flow(key[0], key[1], isn=seq)
         flow.syn_times.append(ts)
+
+    def _retire(self, flow: _Flow) -> None:
+        """Nothing more comes for ``flow``: decode what its holes held back."""
+        self._flush(flow)
+        self.finished.append(flow)
+
+    def finish(self) -> None:
+        """The capture ended: what waits behind a hole will not be filled."""
+        for flow in self.flows.values():
+            self._flush(flow)
+
+    def _flush(self, flow: _Flow) -> None:
+        if flow.client_stream is not None:
+            self._client_chunks(flow, flow.client_stream.flush())
+        if flow.server_stream is not None:
+            self._server_chunks(flow, flow.server_stream.flush())
 
     def _syn_ack(self, ts: float, flow: _Flow, seq: int) -> None:
         if flow.syn_ack_at is None:
@@ -417,63 +802,75 @@ class _Analysis:
         else:
             flow.syn_ack_retransmits += 1
 
-    def _client_data(self, ts: float, flow: _Flow, seq: int, payload: bytes) -> None:
+    def _client_reassembler(self, flow: _Flow, seq: int | None) -> _Reassembler | None:
         if flow.client_stream is None:
-            first = seq if flow.isn is None else (flow.isn + 1) % _SEQ_MODULO
-            flow.client_stream = _Reassembler(first)
-        fresh = flow.client_stream.add(seq, payload)
-        if fresh:
-            self._decode_client(ts, flow, fresh)
+            if flow.isn is not None:
+                flow.client_stream = _Reassembler((flow.isn + 1) % _SEQ_MODULO)
+            elif seq is not None:
+                flow.client_stream = _Reassembler(seq)
+        return flow.client_stream
+
+    def _server_reassembler(self, flow: _Flow, seq: int | None) -> _Reassembler | None:
+        if flow.server_stream is None:
+            if flow.server_isn is not None:
+                flow.server_stream = _Reassembler((flow.server_isn + 1) % _SEQ_MODULO)
+            elif seq is not None:
+                flow.server_stream = _Reassembler(seq)
+        return flow.server_stream
+
+    def _client_acked(self, flow: _Flow, ack: int) -> None:
+        stream = self._client_reassembler(flow, None)
+        if stream is not None:
+            self._client_chunks(flow, stream.acknowledged(ack))
+
+    def _server_acked(self, flow: _Flow, ack: int) -> None:
+        stream = self._server_reassembler(flow, None)
+        if stream is not None:
+            self._server_chunks(flow, stream.acknowledged(ack))
+
+    def _client_data(self, ts: float, flow: _Flow, seq: int, payload: bytes) -> None:
+        stream = self._client_reassembler(flow, seq)
+        assert stream is not None
+        self._client_chunks(flow, stream.add(ts, seq, payload))
 
     def _server_data(self, ts: float, flow: _Flow, seq: int, payload: bytes) -> None:
-        if flow.server_stream is None:
-            known = flow.server_isn
-            first = seq if known is None else (known + 1) % _SEQ_MODULO
-            flow.server_stream = _Reassembler(first)
-        fresh = flow.server_stream.add(seq, payload)
-        if fresh:
-            flow.server_buffer += fresh
-            self._read_server_answers(ts, flow)
+        stream = self._server_reassembler(flow, seq)
+        assert stream is not None
+        self._server_chunks(flow, stream.add(ts, seq, payload))
 
-    def _decode_client(self, ts: float, flow: _Flow, data: bytes) -> None:
-        if flow.decoder is None:
-            if flow.logged_in is not None:
-                return  # decoding stopped after a fatal error
-            flow.logged_in = _starts_with_login(data)
-            flow.decoder = TcpServerConnection(
-                max_packet_size=MAX_FRAME_SIZE, expect_imei=flow.logged_in
-            )
-        decoder = flow.decoder
-        try:
-            decoder.receive_data(data)
-            while True:
-                try:
-                    event = decoder.next_event()
-                except RemoteProtocolError as exc:
-                    flow.errors[exc.kind] += 1
-                    if exc.fatal:
-                        flow.decoder = None
-                        return
-                    continue
-                if event is None:
-                    return
-                self._client_event(ts, flow, decoder, event)
-        except LocalProtocolError:
-            flow.decoder = None
+    def _client_chunks(self, flow: _Flow, chunks: list[_Chunk]) -> None:
+        for chunk in chunks:
+            parser = flow.parser
+            if parser is None:
+                from_start = flow.isn is not None
+                parser = flow.parser = _ClientStream(from_start=from_start)
+                if flow.logged_in is None:
+                    # A device logs in first: when the capture lost the
+                    # login, the server's first byte is still the reply.
+                    flow.logged_in = from_start and (
+                        chunk.gap > 0 or _starts_with_login(chunk.data)
+                    )
+            if chunk.gap:
+                parser.gap(chunk.gap)
+            for event in parser.feed(chunk.data):
+                self._client_event(chunk.ts, flow, event)
 
-    def _client_event(
-        self, ts: float, flow: _Flow, decoder: TcpServerConnection, event: object
-    ) -> None:
+    def _client_event(self, ts: float, flow: _Flow, event: Event) -> None:
         if isinstance(event, Imei):
             flow.imei = event.imei
             device = self._device(event.imei)
             device.connections += 1
             device.addresses.add(flow.client[0])
-            decoder.accept_imei(True)
+            if flow.logged_in is False and flow.server_read == 0:
+                # A capture that began between the handshake and the login.
+                flow.logged_in = not flow.server_buffer
         elif isinstance(event, AvlPacket):
             seen = _PacketSeen(ts, len(event.records))
             flow.packets.append(seen)
             flow.unacked.append(seen)
+            assert flow.parser is not None
+            if flow.parser.resynced:
+                flow.records_after_resync += len(event.records)
             if flow.imei is not None:
                 self._count_packet(self._device(flow.imei), ts, event)
         elif isinstance(event, GprsMessage):
@@ -481,11 +878,48 @@ class _Analysis:
         elif isinstance(event, KeepAlive):
             flow.keepalives += 1
 
+    def _server_chunks(self, flow: _Flow, chunks: list[_Chunk]) -> None:
+        for chunk in chunks:
+            if chunk.gap:
+                self._server_gap(flow, chunk.gap)
+            data = chunk.data
+            if flow.server_aligning:
+                # After a gap the next segment starts a message, unless the
+                # gap cut one: an ACK starts with three zero bytes (a count
+                # fits in a byte), a command with four. Anything else is the
+                # tail of something lost.
+                if len(data) >= 3 and data[:3] != b"\x00\x00\x00":
+                    flow.server_skipped += len(data)
+                    flow.server_read += len(data)
+                    continue
+                flow.server_aligning = False
+            flow.server_buffer += data
+            self._read_server_answers(chunk.ts, flow)
+
+    def _server_gap(self, flow: _Flow, missing: int) -> None:
+        """The capture lacks ``missing`` server bytes: their ACKs are unknown."""
+        held = len(flow.server_buffer)
+        answers = held + missing
+        if flow.logged_in and flow.imei_reply is None and flow.server_read == 0:
+            answers -= _IMEI_REPLY_SIZE  # the reply byte was among them
+        flow.server_skipped += held
+        flow.server_read += held + missing
+        flow.server_buffer.clear()
+        flow.server_aligning = True
+        # Each 4-byte ACK the gap held answered the oldest unanswered packet.
+        for _ in range(min(answers // _TCP_ACK.size, len(flow.unacked))):
+            flow.unacked.popleft().ack_not_captured = True
+
     def _read_server_answers(self, ts: float, flow: _Flow) -> None:
         buffer = flow.server_buffer
-        if flow.logged_in and flow.imei_reply is None:
+        if flow.logged_in is None:
+            # The server spoke before any client byte was captured: on a
+            # connection seen from its SYN, it answers a login the capture lost.
+            flow.logged_in = flow.isn is not None
+        if flow.logged_in and flow.imei_reply is None and flow.server_read == 0:
             flow.imei_reply = buffer[0]
             del buffer[:_IMEI_REPLY_SIZE]
+            flow.server_read += _IMEI_REPLY_SIZE
         while len(buffer) >= _TCP_ACK.size:
             size = _command_size(buffer)
             if size is not None:
@@ -493,9 +927,11 @@ class _Analysis:
                     return
                 flow.commands += 1
                 del buffer[:size]
+                flow.server_read += size
                 continue
             (value,) = _TCP_ACK.unpack_from(buffer)
             del buffer[: _TCP_ACK.size]
+            flow.server_read += _TCP_ACK.size
             flow.acks += 1
             if flow.unacked:
                 packet = flow.unacked.popleft()
@@ -572,9 +1008,7 @@ class _Analysis:
         flows = self.finished + list(self.flows.values())
         for flow in flows:
             if flow.imei is not None:
-                self._device(flow.imei).acks_missing += sum(
-                    1 for packet in flow.packets if packet.acked_at is None
-                )
+                self._device(flow.imei).acks_missing += flow.acks_missing
         duration = None
         if self.first_ts is not None and self.last_ts is not None:
             duration = round(self.last_ts - self.first_ts, 6)
@@ -669,14 +1103,21 @@ def _packet_counts(
     flows, datagrams = list(flows), list(datagrams)
     packets = [packet for flow in flows for packet in flow.packets]
     decoded = [datagram for datagram in datagrams if datagram.imei is not None]
+    parsers = [flow.parser for flow in flows if flow.parser is not None]
     return {
         "connections": sum(1 for flow in flows if flow.answered),
         "packets": len(packets) + len(decoded),
         "records": sum(p.records for p in packets) + sum(d.records for d in decoded),
         "server_acks": sum(flow.acks for flow in flows),
-        "acks_missing": sum(1 for packet in packets if packet.acked_at is None),
+        "acks_missing": sum(flow.acks_missing for flow in flows),
+        "acks_not_captured": sum(1 for packet in packets if packet.ack_not_captured),
         "acks_short": sum(flow.nacks for flow in flows),
-        "protocol_errors": sum(sum(flow.errors.values()) for flow in flows),
+        "protocol_errors": sum(sum(p.errors.values()) for p in parsers),
+        "capture_gaps": sum(p.gaps for p in parsers),
+        "gap_bytes": sum(p.gap_bytes for p in parsers),
+        "resyncs": sum(p.resyncs for p in parsers),
+        "skipped_bytes": sum(p.skipped_bytes for p in parsers),
+        "records_after_resync": sum(flow.records_after_resync for flow in flows),
         "udp_datagrams": len(datagrams),
         "udp_unanswered": sum(1 for d in datagrams if d.replied_at is None),
     }
@@ -706,6 +1147,9 @@ def _address_row(
     return {
         "address": address,
         "imeis": sorted(imeis),
+        "connections_without_imei": sum(
+            1 for flow in flows if flow.packets and flow.imei is None
+        ),
         **_syn_counts(flows),
         **_packet_counts(flows, mine),
         "udp_errors": udp_errors.get(address, 0),
@@ -729,6 +1173,8 @@ def _device_row(device: _Device) -> dict[str, Any]:
 
 def _flow_row(flow: _Flow) -> dict[str, Any]:
     handshake = flow.handshake_seconds
+    parser = flow.parser
+    client, server = flow.client_stream, flow.server_stream
     return {
         "client": f"{_join(flow.client)}",
         "server": f"{_join(flow.server)}",
@@ -744,7 +1190,8 @@ def _flow_row(flow: _Flow) -> dict[str, Any]:
         "packets": len(flow.packets),
         "records": sum(packet.records for packet in flow.packets),
         "server_acks": flow.acks,
-        "acks_missing": sum(1 for p in flow.packets if p.acked_at is None),
+        "acks_missing": flow.acks_missing,
+        "acks_not_captured": sum(1 for p in flow.packets if p.ack_not_captured),
         "ack_delay_ms": _spread(
             [p.acked_at - p.completed_at for p in flow.packets if p.acked_at],
             1000.0,
@@ -752,22 +1199,19 @@ def _flow_row(flow: _Flow) -> dict[str, Any]:
         "keepalives": flow.keepalives,
         "gprs_messages": flow.messages,
         "server_commands": flow.commands,
-        "retransmitted_segments": (
-            flow.client_stream.retransmitted_segments if flow.client_stream else 0
-        ),
-        "undecoded_bytes": _undecoded(flow),
-        "reassembly_gave_up": bool(
-            flow.client_stream and flow.client_stream.overflowed
-        ),
-        "protocol_errors": dict(flow.errors),
+        "retransmitted_segments": client.retransmitted_segments if client else 0,
+        "capture_gaps": parser.gaps if parser else 0,
+        "gap_bytes": parser.gap_bytes if parser else 0,
+        "skipped_bytes": parser.skipped_bytes if parser else 0,
+        "resyncs": parser.resyncs if parser else 0,
+        "records_after_resync": flow.records_after_resync,
+        "undecoded_bytes": parser.undecoded_bytes if parser else 0,
+        "server_capture_gaps": server.gaps if server else 0,
+        "server_gap_bytes": server.gap_bytes if server else 0,
+        "server_skipped_bytes": flow.server_skipped,
+        "protocol_errors": dict(parser.errors) if parser else {},
         "ended": flow.ended,
     }
-
-
-def _undecoded(flow: _Flow) -> int:
-    stuck = flow.client_stream.stuck_bytes if flow.client_stream else 0
-    buffered = flow.decoder.buffered if flow.decoder else 0
-    return stuck + buffered
 
 
 def _join(endpoint: Endpoint) -> str:

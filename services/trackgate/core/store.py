@@ -31,6 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from importlib import resources
@@ -529,6 +530,8 @@ class _Fenced:
     #: its replies inside the EXEC array: [start, end)
     start: int
     end: int
+    #: the ledger's ``seq`` it was planned from
+    seq: int
 
     @property
     def stored(self) -> int:
@@ -543,47 +546,102 @@ class _Line:
     each round trip reads its replies once the one before it has read its
     own. A packet never waits for a free connection, and Redis takes this
     worker's batches one after the other instead of a slice of each in
-    turn. A failure breaks the line: every round trip on it fails (their
-    outcome is unknown) and the next one opens a new connection.
+    turn.
+
+    A failure breaks the line: every round trip on it fails (their outcome
+    is unknown), the connection is closed at once so that none waits for
+    replies that will not come, and the next round trip opens a new line.
+    The connection goes back to its pool only when no round trip on the
+    line is left: until then one may still be reading from it, and a
+    connection handed to another user must not be closed or read under it.
+    A caller that stops waiting (its task cancelled) does not break the
+    line: its replies are read and dropped in the background, so the round
+    trips around it are not disturbed.
     """
 
     def __init__(self, connection: Any, pool: Any) -> None:
         self.connection = connection
         self.pool = pool
         self.broken = False
-        self._released = False
         self.deadline = connection.socket_timeout or DEFAULT_DEADLINE_S
         #: resolved when the last round trip written has read its replies
         self._last: asyncio.Future[None] | None = None
+        #: round trips written whose replies are not read yet
+        self._open = 0
+        self._released = False
+        #: set once the connection is back in its pool
+        self._idle = asyncio.Event()
+        #: round trips finishing for a caller that stopped waiting
+        self._orphans: set[asyncio.Task[None]] = set()
 
     async def roundtrip(self, data: bytes, count: int) -> list[Any]:
         if self.broken:
             raise RedisConnectionError("the connection failed with an earlier batch")
-        connection = self.connection
-        writer = connection._writer
+        writer = self.connection._writer
         if writer is None:
-            await connection.connect()
-            writer = connection._writer
+            # Closed under the line (the client was closed): a new one opens.
+            await self.retire()
+            raise RedisConnectionError("the store's connection was closed")
         previous = self._last
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieved)
         self._last = done
+        self._open += 1
+        # Written at once, before any await: batches keep the order in which
+        # their replies are read.
+        writer.write(data)
+        replies: list[Any] = []
+        until = asyncio.get_running_loop().time() + self.deadline
         try:
-            # Written at once, before any await: batches keep the order in
-            # which their replies are read.
-            writer.write(data)
-            async with asyncio.timeout(self.deadline):
+            await self._finish(writer, previous, count, replies, done, until)
+        except asyncio.CancelledError:
+            if not done.done():
+                orphan = asyncio.ensure_future(
+                    self._finish(writer, previous, count, replies, done, until)
+                )
+                self._orphans.add(orphan)
+                orphan.add_done_callback(self._orphan_done)
+            raise
+        return replies
+
+    async def _finish(
+        self,
+        writer: Any,
+        previous: asyncio.Future[None] | None,
+        count: int,
+        replies: list[Any],
+        done: asyncio.Future[None],
+        until: float,
+    ) -> None:
+        """Waits for the round trip before this one, then reads this one's
+        replies into ``replies`` (again, after a cancellation, from where it
+        stopped)."""
+        try:
+            async with asyncio.timeout_at(until):
                 await writer.drain()
                 if previous is not None:
-                    await previous
-                replies = await _read_replies(connection, count)
+                    if not previous.done():
+                        # asyncio.wait: a cancelled wait must not cancel the
+                        # round trip before this one.
+                        await asyncio.wait((previous,))
+                    if previous.cancelled() or previous.exception() is not None:
+                        raise RedisConnectionError(
+                            "the connection failed with an earlier batch"
+                        )
+                await _read_replies(self.connection, count, replies)
+        except asyncio.CancelledError:
+            if asyncio.current_task() in self._orphans:
+                # The loop or close() stops the line: the replies are lost.
+                await self._fail(done, RedisConnectionError("the line was closed"))
+            raise
         except BaseException as exc:
-            self.broken = True
-            if not done.done():
-                done.set_exception(
-                    RedisConnectionError("an earlier batch on this connection failed")
-                )
-            await self._give_back()
+            # Another round trip broke the line first: the cause is its own.
+            collateral = self.broken
+            await self._fail(done, exc)
+            if collateral:
+                raise RedisConnectionError(
+                    "the connection failed with an earlier batch"
+                ) from exc
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(
                     f"no reply from Redis within {self.deadline} s"
@@ -592,18 +650,72 @@ class _Line:
                 raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
             raise
         done.set_result(None)
-        return replies
+        self._open -= 1
+        if self.broken and not self._open:
+            await asyncio.shield(self._leave())
+
+    async def _fail(self, done: asyncio.Future[None], exc: BaseException) -> None:
+        self._break()
+        if not done.done():
+            done.set_exception(RedisConnectionError(_describe(exc)))
+        self._open -= 1
+        if not self._open:
+            # Shielded: the connection goes back to its pool even when the
+            # task that fails it is being cancelled.
+            await asyncio.shield(self._leave())
+
+    @property
+    def usable(self) -> bool:
+        """Not broken, and the server has not closed the connection (a
+        restart, a timeout of idle clients): a batch written now would fail."""
+        if self.broken:
+            return False
+        reader = self.connection._reader
+        return reader is not None and not reader.at_eof()
+
+    async def retire(self) -> None:
+        """Breaks the line; its connection goes back once no round trip is
+        left on it."""
+        self._break()
+        if not self._open:
+            await self._leave()
+
+    def _break(self) -> None:
+        """Marks the line broken and closes its socket at once: round trips
+        still reading from it fail now instead of at their deadline."""
+        if self.broken:
+            return
+        self.broken = True
+        writer = self.connection._writer
+        if writer is not None:
+            writer.transport.abort()
+
+    async def _leave(self) -> None:
+        """Gives the connection back to its pool, once."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            # Replies may be left unread: the connection is not reused as is.
+            await self.connection.disconnect(nowait=True)
+        finally:
+            await self.pool.release(self.connection)
+            self._idle.set()
+
+    def _orphan_done(self, task: asyncio.Task[None]) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def close(self) -> None:
-        self.broken = True
-        await self._give_back()
-
-    async def _give_back(self) -> None:
-        # Replies may be left unread: the connection cannot be reused as is.
-        await self.connection.disconnect()
-        if not self._released:
-            self._released = True
-            await self.pool.release(self.connection)
+        """Breaks the line and waits until its connection is back in the pool."""
+        self._break()
+        if self._open:
+            # The round trips still open fail at once on the closed socket.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.deadline)
+        else:
+            await self._leave()
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
@@ -621,6 +733,42 @@ class _Batch:
     fence_at: int
     multi_at: int
     exec_at: int
+
+
+#: Round trips for a packet's scripts when Redis keeps losing them (each
+#: round loads them again first).
+SCRIPT_ROUNDS = 3
+
+
+@dataclass(slots=True)
+class _Scripted:
+    """A packet written by script: the replies of its two scripts so far
+    (None: not run yet)."""
+
+    index: int
+    store: Any = None
+    device: Any = None
+    #: set when the write is given up (WAITAOF not reached)
+    error: str | None = None
+
+    @property
+    def needs_store(self) -> bool:
+        return self.store is None or isinstance(self.store, NoScriptError)
+
+    @property
+    def needs_device(self) -> bool:
+        return self.device is None or isinstance(self.device, NoScriptError)
+
+    @property
+    def pending(self) -> bool:
+        return self.error is None and (self.needs_store or self.needs_device)
+
+    @property
+    def missing(self) -> bool:
+        """Redis did not know one of its scripts."""
+        return isinstance(self.store, NoScriptError) or isinstance(
+            self.device, NoScriptError
+        )
 
 
 @dataclass
@@ -704,11 +852,7 @@ class RecordStore:
         if not packets:
             return []
         try:
-            try:
-                return await self._write_once(packets)
-            except NoScriptError:
-                await self.load_scripts()
-                return await self._write_once(packets)
+            return await self._write_once(packets)
         except BaseException as exc:
             for packet in packets:
                 if packet.ledger is not None:
@@ -717,9 +861,7 @@ class RecordStore:
                 raise StoreError(f"{type(exc).__name__}: {exc}") from exc
             raise
 
-    async def _write_once(
-        self, packets: Sequence[PacketWrite], retrying: bool = False
-    ) -> list[WriteResult]:
+    async def _write_once(self, packets: Sequence[PacketWrite]) -> list[WriteResult]:
         if self._shas is None:
             await self.load_scripts()
         if isinstance(self.client, AsyncRedisCluster):
@@ -743,32 +885,69 @@ class RecordStore:
                 return [WriteResult(error=durable) for _ in packets]
 
         results: list[WriteResult | None] = [None] * len(packets)
-        retry: list[int] = []
+        calls: list[_Scripted] = []
         if batch is not None:
             outcome = self._fenced_results(replies, batch)
             for index, result in zip(fenced, outcome, strict=True):
                 if result is None:
-                    retry.append(index)
+                    # Refused by the fence: by script now.
+                    calls.append(_Scripted(index))
                 results[index] = result
-        reload = False
         for index, (store_at, device_at) in zip(scripted, scripted_at, strict=True):
-            if isinstance(replies[store_at], NoScriptError):
-                if retrying:
-                    raise replies[store_at]
-                retry.append(index)
-                reload = True
-                continue
-            results[index] = _scripted_result(
-                packets[index], replies[store_at], replies[device_at]
-            )
-        if reload:
-            await self.load_scripts()
-        if retry:
-            # Refused by the fence, or the scripts were gone: by script now.
-            again = await self._write_once([packets[i] for i in retry], retrying=True)
-            for index, result in zip(retry, again, strict=True):
-                results[index] = result
+            store, device = replies[store_at], replies[device_at]
+            if isinstance(store, NoScriptError) or isinstance(device, NoScriptError):
+                calls.append(_Scripted(index, store, device))
+            else:
+                results[index] = _scripted_result(packets[index], store, device)
+        if calls:
+            await self._run_scripts(packets, calls)
+        for call in calls:
+            packet = packets[call.index]
+            if call.error is not None:
+                if packet.ledger is not None:
+                    packet.ledger.forget()
+                results[call.index] = WriteResult(error=call.error)
+            else:
+                results[call.index] = _scripted_result(packet, call.store, call.device)
         return [r if r is not None else WriteResult(error="lost") for r in results]
+
+    async def _run_scripts(
+        self, packets: Sequence[PacketWrite], calls: list[_Scripted]
+    ) -> None:
+        """Runs the scripts that ``calls`` still need, a round trip a round.
+
+        A packet refused by the fence needs both of its scripts. Where the
+        scripts were gone (a restart, SCRIPT FLUSH), only the script that
+        was refused runs again: the two run one after the other, the cache
+        may be flushed or loaded (by another worker) between them, and the
+        one that ran must not run twice (it counts the records received).
+        """
+        for _ in range(SCRIPT_ROUNDS):
+            todo = [call for call in calls if call.pending]
+            if not todo:
+                return
+            if any(call.missing for call in todo):
+                await self.load_scripts()
+            pipe = _Pipe()
+            at = [
+                self._add_scripted(
+                    pipe, packets[call.index], call.needs_store, call.needs_device
+                )
+                for call in todo
+            ]
+            if self.wait_aof is not None:
+                pipe.add("WAITAOF", *self.wait_aof)
+            replies = await self._roundtrip(b"".join(pipe.parts), pipe.count)
+            for call, (store_at, device_at) in zip(todo, at, strict=True):
+                if store_at >= 0:
+                    call.store = replies[store_at]
+                if device_at >= 0:
+                    call.device = replies[device_at]
+            if self.wait_aof is not None:
+                durable = _check_waitaof(replies[-1], self.wait_aof)
+                if durable is not None:
+                    for call in todo:
+                        call.error = durable
 
     def _split(self, packets: Sequence[PacketWrite]) -> tuple[list[int], list[int]]:
         """Which packets go without a script, which by script (by index)."""
@@ -792,19 +971,25 @@ class RecordStore:
                 scripted.append(index)
         return fenced, scripted
 
-    def _add_scripted(self, pipe: _Pipe, packet: PacketWrite) -> tuple[int, int]:
-        """The two scripts of one packet; the indices of their replies."""
+    def _add_scripted(
+        self, pipe: _Pipe, packet: PacketWrite, store: bool = True, device: bool = True
+    ) -> tuple[int, int]:
+        """The scripts of one packet (both, or the one asked for); the indices
+        of their replies (-1 for a script left out)."""
         assert self._shas is not None
         records_sha, device_sha = self._shas
         imei = packet.imei
-        command = (
-            "EVALSHA", records_sha, 2, self.keys.records_for(imei),
-            self.keys.dedup(imei), *self._script_head(packet),
-        )  # fmt: skip
-        store_at = pipe.add_packed(pack_store_records(command, packet), 1)
-        device_at = pipe.add(
-            "EVALSHA", device_sha, 1, self.keys.device(imei), *_device_args(packet)
-        )
+        store_at = device_at = -1
+        if store:
+            command = (
+                "EVALSHA", records_sha, 2, self.keys.records_for(imei),
+                self.keys.dedup(imei), *self._script_head(packet),
+            )  # fmt: skip
+            store_at = pipe.add_packed(pack_store_records(command, packet), 1)
+        if device:
+            device_at = pipe.add(
+                "EVALSHA", device_sha, 1, self.keys.device(imei), *_device_args(packet)
+            )
         return store_at, device_at
 
     def _script_head(self, packet: PacketWrite) -> tuple[str, ...]:
@@ -874,8 +1059,11 @@ class RecordStore:
             end = pipe.count - multi_at - 1
             newest_ms = ledger.newest if latest is None else latest.timestamp
             plans.append(
-                _Fenced(packet, digests, duplicates, window, newest_ms, start, end)
-            )
+                _Fenced(
+                    packet, digests, duplicates, window, newest_ms, start, end,
+                    ledger.seq,
+                )
+            )  # fmt: skip
         strategy, threshold, approximate = self.retention.trim_args(
             int(time.time() * 1000)
         )
@@ -913,7 +1101,13 @@ class RecordStore:
             return [None] * len(plans)
         elif not isinstance(applied, list):
             # Refused before it ran (EXECABORT: out of memory, ...): nothing
-            # was applied.
+            # was applied. Unless MULTI itself was refused (an ACL changed
+            # under a running worker): then the commands meant for the
+            # transaction ran one by one, unchecked. Not ACKed either way;
+            # a resend goes by script and finds what ran.
+            if multi != b"OK":
+                seen = _describe(multi) if isinstance(multi, Exception) else repr(multi)
+                self._disable_fenced_writes(f"MULTI refused ({seen})")
             error = _describe(applied) if isinstance(applied, Exception) else "no EXEC"
             return [WriteResult(error=error) for _ in plans]
 
@@ -932,8 +1126,12 @@ class RecordStore:
                 ledger.forget()
                 results.append(WriteResult(error=_describe(failed)))
                 continue
-            if ledger.known:
+            if ledger.seq == plan.seq:
                 ledger.advance(plan.window, plan.newest, plan.stored, plan.duplicates)
+            else:
+                # Its ledger was written meanwhile (a caller writing one
+                # ledger in two batches at once): no longer the base of this.
+                ledger.forget()
             results.append(WriteResult(plan.stored, plan.duplicates))
         return results
 
@@ -957,10 +1155,12 @@ class RecordStore:
         connection's socket timeout.
         """
         line = self._line
-        if line is None or line.broken:
+        if line is None or not line.usable:
             async with self._line_lock:
                 line = self._line
-                if line is None or line.broken:
+                if line is None or not line.usable:
+                    if line is not None:
+                        await line.retire()
                     line = self._line = await self._open_line()
         return await line.roundtrip(data, count)
 
@@ -1015,14 +1215,16 @@ class RecordStore:
         replies: list[Any] = [None] * len(calls)
         await run_all(list(range(len(calls))))
         # A node that lost its scripts (restarted, failed over) refused only
-        # its own commands: load them and run just those again.
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
+        # its own commands: load them and run just those again. A packet
+        # still refused after that fails alone (not ACKed); the commands
+        # that ran are never run twice.
+        for _ in range(SCRIPT_ROUNDS - 1):
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if not missing:
+                break
             await self.load_scripts()
             await run_all(missing)
         for reply in replies:
-            if isinstance(reply, NoScriptError):
-                raise reply
             if isinstance(reply, BaseException) and not isinstance(reply, RedisError):
                 raise reply
         return [
@@ -1046,10 +1248,12 @@ def _seen_at(packets: Sequence[PacketWrite]) -> list[Any]:
 def _scripted_result(packet: PacketWrite, stored: Any, device: Any) -> WriteResult:
     """The result of a packet written by script; fills its ledger in."""
     ledger = packet.ledger
-    if isinstance(stored, BaseException):
+    if isinstance(stored, BaseException) or not isinstance(stored, list):
         if ledger is not None:
             ledger.forget()
-        return WriteResult(error=_describe(stored))
+        if isinstance(stored, BaseException):
+            return WriteResult(error=_describe(stored))
+        return WriteResult(error=f"unexpected reply to the store script: {stored!r}")
     # The records are in; a failed status update does not lose data, but it
     # leaves the ledger without the device's last_timestamp.
     if ledger is not None:
@@ -1063,29 +1267,29 @@ def _scripted_result(packet: PacketWrite, stored: Any, device: Any) -> WriteResu
     return WriteResult(int(stored[0]), int(stored[1]))
 
 
-async def _read_replies(connection: Any, count: int) -> list[Any]:
-    """``count`` replies from ``connection``, errors as values, undecoded.
+async def _read_replies(connection: Any, count: int, replies: list[Any]) -> None:
+    """Reads replies from ``connection`` into ``replies`` until it holds
+    ``count``: errors as values, undecoded.
 
     Straight from the connection's hiredis reader when redis-py parses with
     hiredis (one C call per reply; a test holds that this path is taken), or
-    through ``read_response`` otherwise.
+    through ``read_response`` otherwise. Cancelled, it keeps what it read:
+    called again, it goes on from there.
     """
     parser = connection._parser
     if _HiredisParser is not None and type(parser) is _HiredisParser:
-        return await _read_with_hiredis(parser, count)
-    replies: list[Any] = []
-    for _ in range(count):
+        await _read_with_hiredis(parser, count, replies)
+        return
+    while len(replies) < count:
         try:
             replies.append(
                 await connection.read_response(disable_decoding=True, timeout=inf)
             )
         except ResponseError as exc:
             replies.append(exc)
-    return replies
 
 
-async def _read_with_hiredis(parser: Any, count: int) -> list[Any]:
-    replies: list[Any] = []
+async def _read_with_hiredis(parser: Any, count: int, replies: list[Any]) -> None:
     gets = partial(parser._reader.gets, False)
     while True:
         start = len(replies)
@@ -1099,7 +1303,7 @@ async def _read_with_hiredis(parser: Any, count: int) -> list[Any]:
                 if isinstance(reply, RedisConnectionError):
                     raise reply
         if len(replies) == count:
-            return replies
+            return
         await parser.read_from_socket()
 
 

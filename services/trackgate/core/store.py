@@ -587,12 +587,16 @@ class _Line:
         done.add_done_callback(_retrieved)
         self._last = done
         self._open += 1
-        # Written at once, before any await: batches keep the order in which
-        # their replies are read.
-        writer.write(data)
         replies: list[Any] = []
         until = asyncio.get_running_loop().time() + self.deadline
         try:
+            # Written at once, before any await: batches keep the order in
+            # which their replies are read.
+            try:
+                writer.write(data)
+            except BaseException as exc:
+                await self._fail(done, exc)
+                raise RedisConnectionError(_describe(exc)) from exc
             await self._finish(writer, previous, count, replies, done, until)
         except asyncio.CancelledError:
             if not done.done():

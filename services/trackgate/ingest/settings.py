@@ -98,9 +98,10 @@ class IngestSettings(CommonSettings):
     )
     dedup_window: int = Field(
         DEFAULT_DEDUP_WINDOW,
-        ge=16,
+        ge=255,
         le=65536,
-        description="Record digests remembered per device to recognise resends.",
+        description="Record digests remembered per device to recognise resends "
+        "(at least 255, the most records a packet holds).",
     )
     dedup_ttl_s: int = Field(
         DEFAULT_DEDUP_TTL_S,

@@ -357,14 +357,17 @@ def test_other_ports_are_ignored(session: Session) -> None:
     assert other["addresses"] == []
 
 
-def _trackgate(*args: str) -> subprocess.CompletedProcess[str]:
+def _trackgate(*args: str, columns: str = "160") -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("trackgate")
+    env = {"PATH": "/usr/bin:/bin"}
+    if columns:
+        env["COLUMNS"] = columns
     return subprocess.run(
         [str(script), *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        env=env,
     )
 
 
@@ -390,3 +393,23 @@ def test_cli_refuses_a_non_capture(tmp_path: Path) -> None:
 
     assert outcome.returncode == 3
     assert "cannot analyse capture" in outcome.stderr
+
+
+def test_cli_tables_written_to_a_pipe_keep_every_column(session: Session) -> None:
+    # No terminal and no COLUMNS: a report redirected to a file.
+    outcome = _trackgate(
+        "pcap", str(session.path), "--port", str(session.port), columns=""
+    )
+    assert outcome.returncode == 0, outcome.stderr
+    header = next(line for line in outcome.stdout.splitlines() if "┃ address" in line)
+    for column in ("SYNs", "no answer", "SYN-ACK ms", "conns", "no ACK", "IMEIs"):
+        assert column in header
+
+
+def test_an_address_row_names_a_few_imeis_and_counts_the_rest() -> None:
+    from trackgate.cli.pcap import _imeis
+
+    names = [f"35630704000000{n}" for n in range(5)]
+    assert _imeis(names[:3]) == " ".join(names[:3])
+    assert _imeis(names) == " ".join(names[:3]) + " (+2 more, see --json)"
+    assert _imeis([]) == "-"

@@ -65,9 +65,9 @@ def netcheck(
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:
-        from rich.console import Console
+        from trackgate.cli._console import report_console
 
-        render(report, Console())
+        render(report, report_console())
     if report["status"] != "ok":
         raise typer.Exit(EXIT_FINDINGS)
 

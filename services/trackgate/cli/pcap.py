@@ -51,9 +51,9 @@ def pcap(
     if json_output:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rich.console import Console
+    from trackgate.cli._console import report_console
 
-    render(result, Console())
+    render(result, report_console())
 
 
 def render(result: dict[str, Any], console: Console) -> None:
@@ -142,7 +142,7 @@ def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
             str(row["server_acks"]),
             _alarm(row["acks_missing"]),
             str(row["udp_datagrams"]),
-            " ".join(row["imeis"] + _unknown(row["connections_without_imei"])) or "-",
+            _imeis(row["imeis"] + _unknown(row["connections_without_imei"])),
         )
     console.print(table)
 
@@ -184,6 +184,18 @@ def _render_devices(rows: list[dict[str, Any]], console: Console) -> None:
             *spread,
         )
     console.print(table)
+
+
+#: IMEIs named in an address row; a carrier NAT address may carry hundreds.
+IMEIS_SHOWN = 3
+
+
+def _imeis(names: list[str]) -> str:
+    if not names:
+        return "-"
+    shown = " ".join(names[:IMEIS_SHOWN])
+    more = len(names) - IMEIS_SHOWN
+    return f"{shown} (+{more} more, see --json)" if more > 0 else shown
 
 
 def _unknown(connections: int) -> list[str]:

@@ -127,7 +127,7 @@ def _render_addresses(rows: list[dict[str, Any]], console: Console) -> None:
         "UDP",
     ):
         table.add_column(column, justify="right")
-    table.add_column("IMEIs", no_wrap=True)
+    table.add_column("IMEIs", max_width=48)
     for row in rows:
         syn_ack = row["syn_ack_ms"]
         table.add_row(
@@ -165,7 +165,7 @@ def _render_devices(rows: list[dict[str, Any]], console: Console) -> None:
         "lag median",
         "lag max",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         lag = row["lag_seconds"]
         spread = (
@@ -232,7 +232,7 @@ def _render_gaps(rows: list[dict[str, Any]], console: Console) -> None:
         "undecoded",
         "server gaps",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
             row["client"],

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from trackgate.core.settings import CommonSettings
+from trackgate.core.settings import CommonSettings, check_redis_url
 
 #: A PHP class name with its namespace, optionally ``@method``.
 _JOB_NAME = re.compile(
@@ -93,6 +93,13 @@ class BridgeSettings(CommonSettings):
                 "(write App\\Jobs\\Ingest@handle)"
             )
         return value.lstrip("\\")
+
+    @field_validator("laravel_redis_url")
+    @classmethod
+    def _laravel_url_parses(cls, url: str) -> str:
+        if url:
+            check_redis_url(url)
+        return url
 
     def consumer(self) -> str:
         return self.bridge_consumer or self.pod_name

@@ -33,26 +33,25 @@ def serve_api(
 ) -> None:
     """Serve device status, records, commands and diagnostics over HTTP."""
     import uvicorn
-    from pydantic import ValidationError
 
     from trackgate.api.main import ApiConfigError, create_app
-    from trackgate.api.settings import load_settings
+    from trackgate.api.settings import ApiSettings
+    from trackgate.cli import _settings
     from trackgate.core import logs
 
-    try:
-        settings = load_settings(
-            api_host=host, api_port=port, api_tokens_file=tokens_file,
-            redis_url=redis_url,
-        )  # fmt: skip
-    except ValidationError as exc:
-        typer.echo(f"trackgate api: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    settings = _settings.load(
+        ApiSettings,
+        "api",
+        {"api_host": host, "api_port": port, "api_tokens_file": tokens_file,
+         "redis_url": redis_url},
+        {"api_host": "--host", "api_port": "--port",
+         "api_tokens_file": "--tokens-file", "redis_url": "--redis-url"},
+    )  # fmt: skip
     logs.configure(settings.log_level, settings.log_format)
     try:
         application = create_app(settings)
     except ApiConfigError as exc:
-        typer.echo(f"trackgate api: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        _settings.refuse("api", [str(exc)])
     uvicorn.run(
         application,
         host=settings.api_host,

@@ -22,19 +22,21 @@ bridge_app = typer.Typer(
 def laravel(
     job: Annotated[
         str | None,
-        typer.Option(help="PHP handler, App\\Jobs\\Ingest@handle [LARAVEL_JOB]"),
+        typer.Option(
+            help="PHP handler, App\\Jobs\\Ingest@handle [TRACKGATE_LARAVEL_JOB]"
+        ),
     ] = None,
     queue: Annotated[
-        str | None, typer.Option(help="Laravel queue name [LARAVEL_QUEUE]")
+        str | None, typer.Option(help="Laravel queue name [TRACKGATE_LARAVEL_QUEUE]")
     ] = None,
     mode: Annotated[
-        str | None, typer.Option(help="record or packet [BRIDGE_MODE]")
+        str | None, typer.Option(help="record or packet [TRACKGATE_BRIDGE_MODE]")
     ] = None,
     group: Annotated[
-        str | None, typer.Option(help="Consumer group [BRIDGE_GROUP]")
+        str | None, typer.Option(help="Consumer group [TRACKGATE_BRIDGE_GROUP]")
     ] = None,
     consumer: Annotated[
-        str | None, typer.Option(help="Consumer name [BRIDGE_CONSUMER]")
+        str | None, typer.Option(help="Consumer name [TRACKGATE_BRIDGE_CONSUMER]")
     ] = None,
     stop_when_empty: Annotated[
         bool, typer.Option(help="Exit once every shard has been read empty.")
@@ -50,19 +52,18 @@ def laravel(
     import logging
     import signal
 
-    from pydantic import ValidationError
-
     from trackgate.bridge import BridgeConfigError, BridgeSettings, build_bridge
+    from trackgate.cli import _settings
 
     flags: dict[str, Any] = {
         "laravel_job": job, "laravel_queue": queue, "bridge_mode": mode,
         "bridge_group": group, "bridge_consumer": consumer,
     }  # fmt: skip
-    try:
-        settings = BridgeSettings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        typer.echo(f"bad bridge settings (flags or TRACKGATE_* env):\n{exc}", err=True)
-        raise typer.Exit(2) from exc
+    options = {
+        "laravel_job": "--job", "laravel_queue": "--queue", "bridge_mode": "--mode",
+        "bridge_group": "--group", "bridge_consumer": "--consumer",
+    }  # fmt: skip
+    settings = _settings.load(BridgeSettings, "bridge laravel", flags, options)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

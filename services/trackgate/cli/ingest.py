@@ -45,8 +45,7 @@ def ingest(
     """
     import asyncio
 
-    from pydantic import ValidationError
-
+    from trackgate.cli import _settings
     from trackgate.core import logs
     from trackgate.ingest.settings import IngestSettings
     from trackgate.ingest.supervisor import Supervisor
@@ -61,11 +60,8 @@ def ingest(
         "key_prefix": key_prefix,
         "log_level": log_level,
     }
-    try:
-        settings = IngestSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        typer.echo(f"invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    options = {name: "--" + name.replace("_", "-") for name in given}
+    settings = _settings.load(IngestSettings, "ingest", given, options)
     logs.configure(settings.log_level, settings.log_format)
     code = asyncio.run(Supervisor(settings).run())
     raise typer.Exit(code)

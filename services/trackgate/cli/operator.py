@@ -40,12 +40,13 @@ def operator(
     """Run the operator (standalone kopf, one replica, cluster-wide)."""
     if ctx.invoked_subcommand is not None:
         return
+    from trackgate.cli import _settings
     from trackgate.operator.control import Control
     from trackgate.operator.handlers import run
     from trackgate.operator.kube import ClusterAPI
     from trackgate.operator.settings import OperatorSettings
 
-    settings = OperatorSettings()
+    settings = _settings.load(OperatorSettings, "operator")
     _logging(settings.log_level)
     run(Control(settings, ClusterAPI()), liveness_port)
 
@@ -86,11 +87,12 @@ def render(
 
 def agent() -> None:
     """Run the node agent for one profile (inside the agent DaemonSet)."""
+    from trackgate.cli import _settings
     from trackgate.operator.agent import Agent
     from trackgate.operator.kube import ClusterAPI
     from trackgate.operator.settings import AgentSettings
 
-    settings = AgentSettings()
+    settings = _settings.load(AgentSettings, "agent")
     _logging(settings.log_level)
     Agent(settings, ClusterAPI()).run()
 

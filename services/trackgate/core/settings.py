@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trackgate.core.keys import Keys
@@ -38,5 +38,35 @@ class CommonSettings(BaseSettings):
         description="This instance in device hashes (the pod name in Kubernetes).",
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, url: str) -> str:
+        check_redis_url(url)
+        return url
+
     def keys(self) -> Keys:
         return Keys(prefix=self.key_prefix, shards=self.stream_shards)
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError unless the Redis clients can be built from ``url``.
+
+    The cluster forms (``redis+cluster://``, ``rediss+cluster://``,
+    ``?cluster=1``) are checked as the plain URL the cluster client is
+    given. A ``unix://`` socket path does not survive that rewriting, so it
+    is refused here rather than when the first client is made. The message
+    never repeats the URL: it may hold a password.
+    """
+    from redis.connection import parse_url
+
+    from trackgate.core.redisconn import pubsub_url
+
+    if url.lower().startswith("unix:"):
+        raise ValueError("unix:// sockets are not supported; use redis://host:port")
+    try:
+        parse_url(pubsub_url(url))  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        reason = str(exc)
+        if reason.startswith("Redis URL must specify"):
+            reason = "it must start with redis://, rediss:// or redis+cluster://"
+        raise ValueError(f"not a Redis URL: {reason}") from None

@@ -36,7 +36,10 @@ def register(app: typer.Typer) -> None:
 
 def netcheck(
     port: Annotated[
-        int, typer.Option(help="Gateway TCP port whose listeners to inspect")
+        int,
+        typer.Option(
+            min=1, max=65535, help="Gateway TCP port whose listeners to inspect"
+        ),
     ] = 5027,
     seconds: Annotated[
         float,

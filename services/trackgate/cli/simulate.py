@@ -17,8 +17,20 @@ class Mode(enum.StrEnum):
     hold = "hold"
 
 
+_NAME = "trackgate simulate"
+
+#: The simulated IMEIs stay 15 digits for offsets below this.
+_FIRST_IMEI_LIMIT = 10**14
+
+
 def register(app: typer.Typer) -> None:
     app.command(name="simulate")(simulate)
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter(f"{value} is not above 0 seconds")
+    return value
 
 
 def simulate(
@@ -26,26 +38,49 @@ def simulate(
         Mode, typer.Argument(help="fleet, throughput, storm or hold")
     ] = Mode.fleet,
     host: Annotated[str, typer.Option(help="Gateway address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Gateway tracker port")] = 5027,
-    devices: Annotated[int, typer.Option(help="Devices (fleet, throughput)")] = 5,
-    packets: Annotated[int, typer.Option(help="Packets per device")] = 10,
-    records: Annotated[int, typer.Option(help="Records per packet")] = 3,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Gateway tracker port")
+    ] = 5027,
+    devices: Annotated[
+        int, typer.Option(min=1, help="Devices (fleet, throughput)")
+    ] = 5,
+    packets: Annotated[int, typer.Option(min=1, help="Packets per device")] = 10,
+    records: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=255,
+            help="Records per packet; a packet also fits in 1280 bytes: "
+            "23 records at most in codec 8, 20 in 16, 14 in 8E",
+        ),
+    ] = 3,
     interval: Annotated[
-        float, typer.Option(help="Seconds between packets (fleet)")
+        float, typer.Option(min=0, help="Seconds between packets (fleet)")
     ] = 2.0,
     codec: Annotated[str, typer.Option(help="8, 8E or 16")] = "8E",
-    connections: Annotated[int, typer.Option(help="Connections (storm)")] = 1000,
-    sessions: Annotated[int, typer.Option(help="Idle sessions (hold)")] = 1000,
-    seconds: Annotated[float, typer.Option(help="How long to hold (hold)")] = 10.0,
-    first_imei: Annotated[int, typer.Option(help="Offset of the first IMEI")] = 0,
+    connections: Annotated[int, typer.Option(min=1, help="Connections (storm)")] = 1000,
+    sessions: Annotated[int, typer.Option(min=1, help="Idle sessions (hold)")] = 1000,
+    seconds: Annotated[
+        float, typer.Option(min=0, help="How long to hold (hold)")
+    ] = 10.0,
+    first_imei: Annotated[
+        int,
+        typer.Option(min=0, max=_FIRST_IMEI_LIMIT - 1, help="Offset of the first IMEI"),
+    ] = 0,
     timeout: Annotated[
-        float, typer.Option(help="Give up after this many seconds")
+        float,
+        typer.Option(
+            callback=_positive,
+            help="Give up after this many seconds (fleet, throughput); no wait "
+            "for a reply outlasts it",
+        ),
     ] = 300.0,
     warmup: Annotated[
         float,
         typer.Option(
+            min=0,
             help="Seconds at the start whose ACK latencies are also left out "
-            "of a separate steady-state figure (fleet, throughput)"
+            "of a separate steady-state figure (fleet, throughput)",
         ),
     ] = 0.0,
 ) -> None:
@@ -56,24 +91,40 @@ def simulate(
     as ACKs come. storm: N connections at once, connect times and IMEI reply
     times measured (a connect >= 0.9 s means a SYN was dropped and
     retransmitted). hold: N idle sessions kept open.
+
+    Exit status: 0 done, 1 devices failed or sessions were refused, 2 an
+    invalid option or no gateway at the address.
     """
     import asyncio
     import socket
 
     from rich.progress import Progress
 
-    from trackgate.sim import load
+    from trackgate.sim import DEVICE_MAX_PACKET, load, max_records_per_packet
     from trackgate.sim.load import throughput
 
+    codec_id = {"8": 0x08, "8E": 0x8E, "8e": 0x8E, "16": 0x10}.get(codec)
+    if codec_id is None:
+        typer.echo(f"{_NAME}: unknown codec {codec!r}: use 8, 8E or 16", err=True)
+        raise typer.Exit(2)
+    fits = max_records_per_packet(codec_id)
+    if mode in (Mode.fleet, Mode.throughput) and records > fits:
+        typer.echo(
+            f"{_NAME}: --records {records} does not fit one packet: "
+            f"{DEVICE_MAX_PACKET} bytes of codec {codec} hold at most {fits} "
+            "simulated records",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         socket.create_connection((host, port), timeout=5).close()
     except OSError as exc:
-        typer.echo(f"no gateway at {host}:{port}: {exc.strerror or exc}", err=True)
+        typer.echo(
+            f"{_NAME}: no gateway at {host}:{port} (--host, --port): "
+            f"{exc.strerror or exc}",
+            err=True,
+        )
         raise typer.Exit(2) from exc
-    codec_id = {"8": 0x08, "8E": 0x8E, "8e": 0x8E, "16": 0x10}.get(codec)
-    if codec_id is None:
-        typer.echo(f"unknown codec {codec!r}: use 8, 8E or 16", err=True)
-        raise typer.Exit(2)
     total = {
         Mode.fleet: devices * packets * records,
         Mode.throughput: devices * packets * records,
@@ -128,7 +179,7 @@ def simulate(
                     first_imei=first_imei,
                 )
             except load.LoadError as exc:
-                typer.echo(str(exc), err=True)
+                typer.echo(f"{_NAME}: {exc}", err=True)
                 raise typer.Exit(2) from exc
         else:
             try:

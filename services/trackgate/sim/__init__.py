@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import time
@@ -273,6 +274,25 @@ class SimDevice:
         else:
             writer.write(encode_gprs_message(0x0C, 0x06, answer.encode()))
         self.stats.commands_answered += 1
+
+
+#: The record count of an AVL packet is one byte.
+MAX_RECORDS_PER_PACKET = 255
+
+
+@functools.cache
+def max_records_per_packet(codec: int = 0x8E) -> int:
+    """How many records of :func:`make_records` one packet of ``codec`` holds:
+    at most 255 (the count is one byte) in :data:`DEVICE_MAX_PACKET` bytes."""
+    low, high = 0, MAX_RECORDS_PER_PACKET
+    while low < high:
+        middle = (low + high + 1) // 2
+        frame = encode_avl_packet(codec, make_records(middle, start_ms=0, codec=codec))
+        if len(frame) <= DEVICE_MAX_PACKET:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def imei_for(index: int, base: int = 356_307_040_000_000) -> str:

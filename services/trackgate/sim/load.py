@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import random
 import selectors
@@ -114,7 +115,9 @@ async def throughput(
     :class:`SimDevice` answers them. ``ack_latency_ms`` is from writing a
     packet to reading its ACK; with a ``warmup``, ``ack_latency_ms_steady``
     leaves out the packets written in its first seconds (the logins and the
-    first packets of every device).
+    first packets of every device). Every wait for a connection, an IMEI
+    reply or an ACK lasts ``response_timeout`` at most, and never past
+    ``timeout``.
     """
     raise_fd_limit()
     # One set of packets shared by the fleet: a device's records are unique
@@ -190,10 +193,18 @@ class _Device:
     #: latencies of packets written from ``steady_from`` (perf_counter) on
     steady_latencies: list[float] = field(default_factory=list)
     steady_from: float = 0.0
+    #: when the run gives up (time.monotonic)
+    deadline: float = math.inf
+
+    def reply_wait(self) -> float:
+        """How long the next reply may take: the response timeout, cut short
+        where it would pass the deadline."""
+        return max(min(self.response_timeout, self.deadline - time.monotonic()), 0.0)
 
     async def run(self, host: str, port: int, *, deadline: float) -> None:
         """Deliver every packet, reconnecting as needed, until ``deadline``."""
         loop = asyncio.get_running_loop()
+        self.deadline = deadline
         failures = 0
         while self.packets_acked < len(self.packets):
             if time.monotonic() > deadline:
@@ -205,7 +216,7 @@ class _Device:
             try:
                 transport, session = await asyncio.wait_for(
                     loop.create_connection(lambda: _Session(self, loop), host, port),
-                    self.response_timeout,
+                    self.reply_wait(),
                 )
                 try:
                     await session.finished
@@ -354,7 +365,7 @@ class _Session(asyncio.Protocol):
         self.device.commands_answered += 1
 
     def _expect_reply(self) -> None:
-        self.expires = self.loop.time() + self.device.response_timeout
+        self.expires = self.loop.time() + self.device.reply_wait()
         if self.timer is None:
             self.timer = self.loop.call_at(self.expires, self._check_timeout)
 

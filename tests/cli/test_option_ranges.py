@@ -1,0 +1,191 @@
+"""Options out of range are usage errors (exit 2) before anything runs.
+
+``records``, ``simulate`` and ``netcheck`` run as the installed
+``trackgate`` script. The simulator's ``--timeout`` is checked against a
+gateway that logs devices in and never ACKs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port, trackgate_env
+from trackgate.sim import DEVICE_MAX_PACKET, SimDevice, max_records_per_packet
+
+SCRIPT = Path(sys.executable).with_name("trackgate")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+GE = "Input should be greater than or equal to"
+LE = "Input should be less than or equal to"
+
+
+def trackgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        env=trackgate_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def usage_error(result: subprocess.CompletedProcess[str]) -> str:
+    """What a usage error says is wrong: the text of its error box, which
+    wraps a long message at the terminal's width (80 columns in a pipe)."""
+    stderr = _ANSI.sub("", result.stderr)
+    assert "Traceback" not in stderr, stderr
+    assert result.returncode == 2, stderr
+    assert result.stdout == ""
+    boxed = [line.strip("│ ") for line in stderr.splitlines() if line.startswith("│")]
+    message = " ".join(boxed)
+    assert message.startswith("Invalid value"), stderr
+    return message
+
+
+# records ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", ["-5", "0"])
+def test_records_count_below_one_is_refused(count: str) -> None:
+    line = usage_error(trackgate("records", "--count", count))
+
+    assert line == f"Invalid value for '--count': {GE} 1"
+
+
+@pytest.mark.parametrize("imei", ["abc", "35630704000000", "3563070400000001"])
+def test_records_imei_must_be_fifteen_digits(imei: str) -> None:
+    line = usage_error(trackgate("records", "--imei", imei))
+
+    assert line == f"Invalid value for '--imei': '{imei}' is not an IMEI (15 digits)"
+
+
+# simulate -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["throughput", "--devices", "-1"], f"'--devices': {GE} 1"),
+        (["throughput", "--records", "300"], f"'--records': {LE} 255"),
+        (["throughput", "--records", "0"], f"'--records': {GE} 1"),
+        (["fleet", "--packets", "-3"], f"'--packets': {GE} 1"),
+        (["storm", "--connections", "-10"], f"'--connections': {GE} 1"),
+        (["hold", "--sessions", "0"], f"'--sessions': {GE} 1"),
+        (["hold", "--seconds", "-1"], f"'--seconds': {GE} 0"),
+        (["fleet", "--interval", "-2"], f"'--interval': {GE} 0"),
+        (["fleet", "--warmup", "-1"], f"'--warmup': {GE} 0"),
+        (["fleet", "--first-imei", "-1"], f"'--first-imei': {GE} 0"),
+        (["throughput", "--timeout", "0"], "'--timeout': 0.0 is not above 0 seconds"),
+        (["throughput", "--timeout", "-5"], "'--timeout': -5.0 is not above 0 seconds"),
+        (["throughput", "--port", "70000"], f"'--port': {LE} 65535"),
+    ],
+)
+def test_simulate_refuses_values_out_of_range(args: list[str], expected: str) -> None:
+    line = usage_error(trackgate("simulate", *args))
+
+    assert line == f"Invalid value for {expected}"
+
+
+def test_the_records_limit_is_what_a_simulated_packet_holds() -> None:
+    for codec in (0x08, 0x8E, 0x10):
+        fits = max_records_per_packet(codec)
+        assert 5 <= fits < 255
+        SimDevice.with_records("356307040000000", 1, fits, codec=codec)
+        with pytest.raises(ValueError, match=f"at most {DEVICE_MAX_PACKET} bytes"):
+            SimDevice.with_records("356307040000000", 1, fits + 1, codec=codec)
+
+
+def test_simulate_refuses_more_records_than_a_packet_holds_before_connecting() -> None:
+    fits = max_records_per_packet(0x8E)
+    # Nothing listens on the port: the records are refused first.
+    result = trackgate(
+        "simulate", "throughput", "--records", str(fits + 1),
+        "--port", str(free_port()),
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"trackgate simulate: --records {fits + 1} does not fit one packet: "
+        f"{DEVICE_MAX_PACKET} bytes of codec 8E hold at most {fits} simulated records"
+    ]
+
+
+def test_simulate_without_a_gateway_says_where_it_looked() -> None:
+    port = free_port()
+    result = trackgate("simulate", "throughput", "--port", str(port))
+
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"trackgate simulate: no gateway at 127.0.0.1:{port} ")
+
+
+@pytest.fixture
+def silent_gateway() -> Iterator[int]:
+    """A port that accepts every IMEI and never ACKs a packet."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    peers: list[socket.socket] = []
+
+    def serve(peer: socket.socket) -> None:
+        with peer:
+            while data := peer.recv(4096):
+                if len(data) == 17 and data[:2] == b"\x00\x0f":
+                    peer.sendall(b"\x01")
+
+    def accept() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            peers.append(peer)
+            threading.Thread(target=serve, args=(peer,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield port
+    finally:
+        server.close()
+        for peer in peers:
+            peer.close()
+
+
+def test_simulate_timeout_bounds_the_wait_for_an_ack(silent_gateway: int) -> None:
+    started = time.monotonic()
+    result = trackgate(
+        "simulate", "throughput", "--port", str(silent_gateway),
+        "--devices", "2", "--packets", "1", "--records", "1", "--timeout", "1",
+    )  # fmt: skip
+    took = time.monotonic() - started
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["devices_failed"], summary["records_acked"]) == (2, 0)
+    # A device waits for an ACK 10 s at most, and never past --timeout.
+    assert 1.0 <= summary["seconds"] < 3.0
+    assert took < 9.0
+
+
+# netcheck -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [("99999", f"{LE} 65535"), ("-1", f"{GE} 1"), ("0", f"{GE} 1")],
+)
+def test_netcheck_refuses_a_port_out_of_range(port: str, expected: str) -> None:
+    line = usage_error(trackgate("netcheck", "--port", port))
+
+    assert line == f"Invalid value for '--port': {expected}"

@@ -26,6 +26,8 @@ def _split_cluster(url: str) -> tuple[str, bool]:
     cluster = parts.scheme in ("redis+cluster", "rediss+cluster") or any(
         k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in query
     )
+    if not cluster and not any(k == "cluster" for k, _ in query):
+        return url, False  # as given: unix:///path must keep its empty host
     scheme = parts.scheme.replace("+cluster", "")
     rest = urlencode([(k, v) for k, v in query if k != "cluster"])
     return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), cluster

@@ -53,16 +53,13 @@ def check_redis_url(url: str) -> None:
 
     The cluster forms (``redis+cluster://``, ``rediss+cluster://``,
     ``?cluster=1``) are checked as the plain URL the cluster client is
-    given. A ``unix://`` socket path does not survive that rewriting, so it
-    is refused here rather than when the first client is made. The message
+    given; ``unix:///path/redis.sock`` is a local socket. The message
     never repeats the URL: it may hold a password.
     """
     from redis.connection import parse_url
 
     from trackgate.core.redisconn import pubsub_url
 
-    if url.lower().startswith("unix:"):
-        raise ValueError("unix:// sockets are not supported; use redis://host:port")
     try:
         parse_url(pubsub_url(url))  # type: ignore[no-untyped-call]
     except ValueError as exc:

@@ -28,7 +28,8 @@ values stop the process at start, before it opens a port or a connection:
 one line on stderr per problem, naming the variable (and its flag), and exit
 status 2. A Redis URL is `redis://` or `rediss://` (TLS), and
 `redis+cluster://` or `?cluster=1` for a Redis Cluster, or
-`unix:///path/to/redis.sock` for a local socket. This page is the output of `trackgate config --markdown`.
+`unix:///path/to/redis.sock` for a local socket.
+This page is the output of `trackgate config --markdown`.
 """
 
 

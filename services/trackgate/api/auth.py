@@ -5,8 +5,9 @@ The file (``TRACKGATE_API_TOKENS_FILE``, usually a mounted Secret) holds one
 Scope ``read`` reads devices, records and commands; ``commands`` also
 queues and cancels commands. The file is read at start-up (a bad file stops
 the process) and again when its modification time changes, so a rotated
-Secret takes effect without a restart; a bad rotated file is logged and
-the previous tokens stay in force.
+Secret takes effect without a restart; a bad rotated file, or a file that
+disappears, is logged as an error and the previous tokens stay in force
+(a file that comes back is read again).
 
 A presented token is hashed and compared with every known token's hash by
 ``hmac.compare_digest``, without stopping at the first match, so the time
@@ -89,6 +90,8 @@ class TokenBook:
         self._entries: list[_Entry] = []
         self._mtime = 0.0
         self._checked = 0.0
+        #: the file could not be found at the last check (logged once)
+        self._missing = False
         self._load()
 
     def _load(self) -> None:
@@ -107,9 +110,18 @@ class TokenBook:
             return
         self._checked = now
         try:
-            changed = self.path.stat().st_mtime != self._mtime
-        except OSError:
-            changed = False
+            mtime = self.path.stat().st_mtime
+        except OSError as exc:
+            if not self._missing:
+                self._missing = True
+                log.error(
+                    "token file %s cannot be read (%s), previous tokens kept "
+                    "until it is back", self.path, exc.strerror,
+                )  # fmt: skip
+            return
+        # A file that is back is read again whatever its time says.
+        changed = self._missing or mtime != self._mtime
+        self._missing = False
         if not changed:
             return
         try:

@@ -80,8 +80,31 @@ class Conflict(ClientError):
 
 
 class Invalid(ClientError):
+    """422: ``details`` is always a list of ``{loc, msg, type}`` problems."""
+
     status = 422
     code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, details=details if details is not None else [],
+            headers=headers, code=code,
+        )  # fmt: skip
+
+
+def invalid_value(
+    loc: list[str | int], msg: str, kind: str, *, code: str | None = None
+) -> Invalid:
+    """A 422 about one value, in the shape request validation gives its list."""
+    problem: dict[str, Any] = {"loc": loc, "msg": msg, "type": kind}
+    return Invalid(msg, details=[problem], code=code)
 
 
 class ContentTooLarge(ClientError):
@@ -161,7 +184,9 @@ def translate(exc: Exception) -> ApiError | None:
             headers={"Retry-After": str(seconds)},
         )
     if isinstance(exc, CursorError):
-        return Invalid(str(exc), code="invalid_cursor")
+        return invalid_value(
+            ["query", "cursor"], str(exc), "invalid_cursor", code="invalid_cursor"
+        )
     if isinstance(exc, RedisError):
         log.warning("redis unavailable: %s: %s", type(exc).__name__, exc)
         return Unavailable("Redis did not answer; try again", code="redis_unavailable")

@@ -83,8 +83,14 @@ class DevicePublic(BaseModel):
         description="received_at - timestamp of the newest record last packet."
     )
     records_received: int
-    records_stored: int | None
-    duplicates: int | None
+    records_stored: int | None = Field(
+        description="Records stored; 0 before the first one, null when the "
+        "counters expired (a week after the device's last packet)."
+    )
+    duplicates: int | None = Field(
+        description="Resent records recognised and not stored again; 0 when "
+        "none, null when the counters expired (as records_stored)."
+    )
     bursts_total: int
     position: PositionPublic | None = Field(
         description="Latest position by device time."

@@ -74,8 +74,18 @@ class DeviceStatus:
     def from_hash(
         cls, imei: str, raw: Mapping[Any, Any], dedup: Mapping[str, Any] | None = None
     ) -> DeviceStatus:
+        """The status of ``raw`` (the device hash) and ``dedup``, the dedup
+        hash's ``stored`` and ``duplicates``, or None when that hash does not
+        exist.
+
+        The dedup hash exists from the device's first stored record until a
+        week after its last packet. Without it, the counters are 0 if the
+        device never sent a record (``records_received`` is 0) and unknown
+        (None) if it did: they expired with the hash.
+        """
         values = {as_text(k) or "": as_text(v) for k, v in raw.items()}
-        counters = dedup or {}
+        received = _int(values.get("records_received")) or 0
+        stored, duplicates = _counters(dedup, received)
         return cls(
             imei=imei,
             connected=values.get("connected") == "1",
@@ -87,12 +97,26 @@ class DeviceStatus:
             peer=values.get("peer") or None,
             transport=values.get("transport") or None,
             last_lag_ms=_int(values.get("last_lag_ms")),
-            records_received=_int(values.get("records_received")) or 0,
-            records_stored=_int(as_text(counters.get("stored"))),
-            duplicates=_int(as_text(counters.get("duplicates"))),
+            records_received=received,
+            records_stored=stored,
+            duplicates=duplicates,
             bursts_total=_int(values.get("bursts_total")) or 0,
             position=_position(values),
         )
+
+
+def _counters(
+    dedup: Mapping[str, Any] | None, received: int
+) -> tuple[int | None, int | None]:
+    """``stored`` and ``duplicates`` (see :meth:`DeviceStatus.from_hash`)."""
+    if dedup is None:
+        return (0, 0) if received == 0 else (None, None)
+    # The store script writes each counter the first time it moves, so a
+    # hash without one has counted none of that kind.
+    return (
+        _int(as_text(dedup.get("stored"))) or 0,
+        _int(as_text(dedup.get("duplicates"))) or 0,
+    )
 
 
 def _int(value: str | None) -> int | None:
@@ -137,13 +161,25 @@ async def device_status(
     # One round trip; the two keys may live in different cluster slots.
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.device(imei))
-    pipe.hmget(keys.dedup(imei), ["stored", "duplicates"])
-    raw, (stored, duplicates) = await pipe.execute()
+    _read_counters(pipe, keys, imei)
+    raw, exists, counts = await pipe.execute()
     if not raw:
         return None
-    return DeviceStatus.from_hash(
-        imei, raw, {"stored": stored, "duplicates": duplicates}
-    )
+    return DeviceStatus.from_hash(imei, raw, _dedup_of(exists, counts))
+
+
+def _read_counters(pipe: Any, keys: Keys, imei: str) -> None:
+    """Queue the reads of the device's dedup counters: two replies."""
+    pipe.exists(keys.dedup(imei))
+    pipe.hmget(keys.dedup(imei), ["stored", "duplicates"])
+
+
+def _dedup_of(exists: Any, counts: Any) -> dict[str, Any] | None:
+    """The counters of the two replies of :func:`_read_counters`."""
+    if not exists:
+        return None
+    stored, duplicates = counts
+    return {"stored": stored, "duplicates": duplicates}
 
 
 async def device_page(
@@ -172,11 +208,11 @@ async def device_page(
         pipe = client.pipeline(transaction=False)
         for position in batch:
             pipe.hgetall(keys.device(position.member))
-            pipe.hmget(keys.dedup(position.member), ["stored", "duplicates"])
+            _read_counters(pipe, keys, position.member)
         replies = await pipe.execute()
         for index, position in enumerate(batch):
-            raw, (stored, duplicates) = replies[2 * index], replies[2 * index + 1]
-            counters = {"stored": stored, "duplicates": duplicates}
+            raw, exists, counts = replies[3 * index : 3 * index + 3]
+            counters = _dedup_of(exists, counts)
             status = DeviceStatus.from_hash(position.member, raw, counters)
             if connected is None or status.connected == connected:
                 devices.append(status)

@@ -18,7 +18,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query
 
 from trackgate.api.deps import ReadScope, SettingsDep
-from trackgate.api.errors import Invalid, Unavailable
+from trackgate.api.errors import Unavailable, invalid_value
 from trackgate.api.routes import COMMON_ERRORS, V1
 from trackgate.diagnostics import DiagnosticsError, collect_report
 
@@ -50,7 +50,13 @@ async def get_diagnostics(
     The shape is documented in docs/diagnostics.md.
     """
     if seconds > settings.api_diagnostics_max_s:
-        raise Invalid(f"seconds must be at most {settings.api_diagnostics_max_s}")
+        # The bound is a setting, so it is checked here rather than by the
+        # Query above; the error has the same shape as the Query's.
+        raise invalid_value(
+            ["query", "seconds"],
+            f"seconds must be at most {settings.api_diagnostics_max_s:g}",
+            "less_than_equal",
+        )
     try:
         return await anyio.to_thread.run_sync(
             partial(collect_report, settings.port, seconds),

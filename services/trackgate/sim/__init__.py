@@ -4,8 +4,9 @@ A :class:`SimDevice` behaves like a real tracker as far as a server can
 tell: it logs in with its IMEI, sends AVL packets and waits for each ACK,
 sends the same packet again after a missing or wrong ACK (on a new
 connection, as devices do after their response timeout), reconnects with
-backoff, and answers Codec 12 commands. Everything a device did is kept in
-:class:`DeviceStats`, so tests can audit exactly which records were ACKed.
+backoff, and answers Codec 12 commands (:func:`command_answer`). Everything
+a device did is kept in :class:`DeviceStats`, so tests can audit exactly
+which records were ACKed.
 
 It speaks the protocol through :mod:`trackgate.protocol` only: no Redis, no
 knowledge of the server's internals.
@@ -18,12 +19,17 @@ import contextlib
 import functools
 import math
 import random
+import re
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from trackgate.protocol import (
+    AvlPacket,
     AvlRecord,
+    crc16_ibm,
+    decode_tcp_frame,
     encode_avl_packet,
     encode_gprs_message,
     encode_imei,
@@ -53,6 +59,74 @@ def default_command_handler(command: str) -> str | None:
     if name == "cpureset":
         return None
     return f"Param ID:0 Value:{command}"
+
+
+#: A text command: printable ASCII, as the API accepts for ``text``.
+_TEXT_COMMAND = re.compile(rb"[\x20-\x7e]*")
+
+
+def command_answer(
+    payload: bytes, handler: CommandHandler = default_command_handler
+) -> bytes | None:
+    """The payload of a simulated device's answer to a command, or None.
+
+    A payload of printable ASCII is a text command, answered by ``handler``
+    (on the wire a text command and the same bytes sent as binary are one
+    thing). Any other payload, a Modbus frame or serial data, is answered
+    with its own bytes, as a serial line looped back would: the answer is
+    the command, byte for byte.
+    """
+    if _TEXT_COMMAND.fullmatch(payload) is None:
+        return bytes(payload)
+    answer = handler(payload.decode("ascii"))
+    return None if answer is None else answer.encode()
+
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+#: Preamble and data length before a frame's data; the CRC field after it.
+_FRAME_HEAD = 8
+_CRC_FIELD = 4
+#: Codec id and record count before the first record of the data.
+_RECORDS_START = _FRAME_HEAD + 2
+
+
+@dataclass(frozen=True, slots=True)
+class LivePacket:
+    """An encoded AVL packet whose record times are set when it is sent.
+
+    A device records its positions as it goes and sends them a little
+    later; a simulated one that pre-encodes its packets (to cost little
+    CPU) stamps them just before sending instead: the times are written
+    into the frame and its CRC is computed again.
+    """
+
+    frame: bytes
+    #: where each record's 8-byte timestamp starts in ``frame``
+    offsets: tuple[int, ...]
+
+    @classmethod
+    def of(cls, frame: bytes) -> LivePacket:
+        packet = decode_tcp_frame(frame)
+        if not isinstance(packet, AvlPacket):
+            raise ValueError("not an AVL packet")
+        offsets: list[int] = []
+        at = _RECORDS_START
+        for record in packet.records:
+            offsets.append(at)
+            at += len(record.raw)
+        return cls(frame, tuple(offsets))
+
+    def stamped(self, newest_ms: int, step_ms: int) -> bytes:
+        """The frame with its last record at ``newest_ms`` and each earlier
+        one ``step_ms`` before the next."""
+        out = bytearray(self.frame)
+        last = len(self.offsets) - 1
+        for index, offset in enumerate(self.offsets):
+            _U64.pack_into(out, offset, newest_ms - (last - index) * step_ms)
+        end = len(out) - _CRC_FIELD
+        _U32.pack_into(out, end, crc16_ibm(memoryview(out)[_FRAME_HEAD:end]))
+        return bytes(out)
 
 
 def make_records(
@@ -264,15 +338,13 @@ class SimDevice:
             payload = payload[8:]
         if msg_type != 0x05 or not self.answer_commands:
             return
-        answer = self.command_handler(payload.decode("ascii", "replace"))
+        answer = command_answer(payload, self.command_handler)
         if answer is None:
             return
         if codec == 0x0E:
-            writer.write(
-                encode_gprs_message(0x0E, 0x06, answer.encode(), imei=self.imei)
-            )
+            writer.write(encode_gprs_message(0x0E, 0x06, answer, imei=self.imei))
         else:
-            writer.write(encode_gprs_message(0x0C, 0x06, answer.encode()))
+            writer.write(encode_gprs_message(0x0C, 0x06, answer))
         self.stats.commands_answered += 1
 
 

@@ -42,8 +42,9 @@ from trackgate.protocol import (
 from trackgate.sim import (
     MAX_COMMAND_FRAME,
     DeviceError,
+    LivePacket,
     SimDevice,
-    default_command_handler,
+    command_answer,
     imei_for,
     percentile,
 )
@@ -109,7 +110,12 @@ async def throughput(
     ``interval`` seconds after it sent the previous one (at once when that
     ACK came later), the first packet at a random point of the first
     interval. Devices keep their own phases, as real ones do, instead of
-    falling into step with the ACKs of a shared batch. A wrong or missing
+    falling into step with the ACKs of a shared batch. With an interval a
+    packet's records are stamped when it is first sent, the last one then
+    and the others spread over the interval before it, as a device that
+    records as it goes (a resend repeats them); without one, the packets
+    are a backlog whose records are ``packets x records`` seconds old at
+    the start, one a second. A wrong or missing
     ACK, or a lost connection, makes it send the same packet again on a new
     connection after a backoff. Codec 12/14 commands are answered as
     :class:`SimDevice` answers them. ``ack_latency_ms`` is from writing a
@@ -127,8 +133,9 @@ async def throughput(
         imei_for(first_imei), packets, records, codec=codec
     )
     frames = [(frame, len(recs)) for frame, recs in template.packets]
+    live = [LivePacket.of(frame) for frame, _ in frames] if interval else []
     fleet = [
-        _Device(imei_for(first_imei + i), frames, interval, response_timeout)
+        _Device(imei_for(first_imei + i), frames, interval, response_timeout, live)
         for i in range(devices)
     ]
     limit = asyncio.Semaphore(concurrency or devices)
@@ -184,6 +191,11 @@ class _Device:
     packets: Sequence[tuple[bytes, int]]
     interval: float
     response_timeout: float
+    #: the packets again, to be stamped when first sent; empty: sent as encoded
+    live: Sequence[LivePacket] = ()
+    #: the packet last stamped, its index and bytes: a resend repeats them
+    stamped: tuple[int, bytes] | None = None
+    newest_ms: int = 0
     connects: int = 0
     resends: int = 0
     packets_acked: int = 0
@@ -200,6 +212,23 @@ class _Device:
         """How long the next reply may take: the response timeout, cut short
         where it would pass the deadline."""
         return max(min(self.response_timeout, self.deadline - time.monotonic()), 0.0)
+
+    def frame(self, index: int) -> bytes:
+        """The bytes of packet ``index``: its records stamped now if live."""
+        if not self.live:
+            return self.packets[index][0]
+        if self.stamped is not None and self.stamped[0] == index:
+            return self.stamped[1]
+        records = self.packets[index][1]
+        # The records are spread over the interval, the last one now; never
+        # back to or before the previous packet's last one.
+        step = max(1, round(self.interval * 1000 / records))
+        oldest = max(time.time_ns() // 1_000_000 - (records - 1) * step,
+                     self.newest_ms + 1)  # fmt: skip
+        self.newest_ms = oldest + (records - 1) * step
+        frame = self.live[index].stamped(self.newest_ms, step)
+        self.stamped = (index, frame)
+        return frame
 
     async def run(self, host: str, port: int, *, deadline: float) -> None:
         """Deliver every packet, reconnecting as needed, until ``deadline``."""
@@ -323,7 +352,7 @@ class _Session(asyncio.Protocol):
         self.waiting = "ack"
         self.sent_at = time.perf_counter()
         self.next_due = self.loop.time() + self.device.interval
-        self.transport.write(self.device.packets[self.device.packets_acked][0])
+        self.transport.write(self.device.frame(self.device.packets_acked))
         self._expect_reply()
 
     def _take_command(self) -> bool:
@@ -352,15 +381,15 @@ class _Session(asyncio.Protocol):
     def _answer(self, message: GprsMessage) -> None:
         if message.type != COMMAND_TYPE or self.transport is None:
             return
-        answer = default_command_handler(message.payload.decode("ascii", "replace"))
+        answer = command_answer(message.payload)
         if answer is None:
             return
         if message.codec == CODEC_14:
             reply = encode_gprs_message(
-                CODEC_14, RESPONSE_TYPE, answer.encode(), imei=self.device.imei
+                CODEC_14, RESPONSE_TYPE, answer, imei=self.device.imei
             )
         else:
-            reply = encode_gprs_message(CODEC_12, RESPONSE_TYPE, answer.encode())
+            reply = encode_gprs_message(CODEC_12, RESPONSE_TYPE, answer)
         self.transport.write(reply)
         self.device.commands_answered += 1
 

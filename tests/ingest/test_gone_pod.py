@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,9 +76,9 @@ def test_a_vanished_pods_devices_are_marked_disconnected_by_a_live_pod(
     gone = IngestProcess(redis_url, workers=2, pod_name="pod-gone", **FAST)
     live = IngestProcess(redis_url, workers=1, pod_name="pod-live", **FAST)
     gone.start()
-    live.start()
     socks: list[socket.socket] = []
     try:
+        live.start()
         socks += login(gone.port, range(20))
         socks += login(live.port, range(20, 25))
         assert wait_until(lambda: connected(db, range(25)) == 25, timeout=10)
@@ -106,9 +107,10 @@ def test_a_stalled_worker_taken_for_gone_reclaims_its_sessions(
     stalled = IngestProcess(redis_url, workers=1, pod_name="pod-stalled", **FAST)
     live = IngestProcess(redis_url, workers=1, pod_name="pod-live", **FAST)
     stalled.start()
-    live.start()
     socks: list[socket.socket] = []
+    worker = 0
     try:
+        live.start()
         socks += login(stalled.port, range(30, 40))
         assert wait_until(lambda: connected(db, range(30, 40)) == 10, timeout=10)
         [worker] = stalled.worker_pids()
@@ -119,6 +121,10 @@ def test_a_stalled_worker_taken_for_gone_reclaims_its_sessions(
         assert "heartbeat had lapsed worker=pod-stalled/0" in stalled.log()
         assert stalled.worker_pids() == [worker]
     finally:
+        if worker:
+            # A stopped worker would outlive its supervisor's SIGTERM.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGCONT)
         for sock in socks:
             sock.close()
         live.stop()

@@ -32,10 +32,12 @@ def pods(
     a = IngestProcess(url, pod_name="pod-a")
     b = IngestProcess(url, pod_name="pod-b")
     a.start()
-    b.start()
-    yield url, a, b
-    a.stop()
-    b.stop()
+    try:
+        b.start()
+        yield url, a, b
+    finally:
+        b.stop()
+        a.stop()
 
 
 def login(port: int) -> socket.socket:

@@ -6,6 +6,7 @@ No fakes: the suite needs ``redis-server`` on PATH (``.ci/run`` installs it).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -15,24 +16,77 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+#: Ports this test run handed out: never twice, even before they are bound.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for bind(0) and outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    """Free on 127.0.0.1 for both TCP and UDP right now."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 for both TCP and UDP right now."""
+    """A port free on 127.0.0.1 for TCP and UDP, outside the ephemeral range.
+
+    A port the kernel picked for bind(0) and that was closed again is free
+    for the next bind(0) of any process too: a server started later with it
+    may find it taken (by a worker's internal admin port, say). Ports
+    outside ``ip_local_port_range`` are never picked by the kernel, so once
+    checked free they stay free for the test unless someone asks for them
+    by number; none is handed out twice in a run.
+    """
+    low, high = _ephemeral_range()
+    candidates = [
+        *range(max(1024, 10_000), min(low, 65_536)),
+        *range(max(high + 1, 1024), 65_536),
+    ]
+    rng = random.SystemRandom()
+    for _ in range(200):
+        if not candidates:
+            break
+        port = rng.choice(candidates)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    # No room outside the ephemeral range (a machine that widened it).
     while True:
         with socket.socket() as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = int(tcp.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+def wait_for_port(
+    port: int,
+    host: str = "127.0.0.1",
+    timeout: float = 10.0,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait until ``host:port`` accepts; give up early if ``process`` exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TimeoutError(
+                f"nothing listens on {host}:{port}: the process exited "
+                f"with {process.returncode}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -83,7 +137,12 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port, process=self.process)
+        except BaseException:
+            # Not left running behind a failed start.
+            self.stop(kill=True)
+            raise
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
@@ -124,9 +183,9 @@ class IngestProcess:
         self.workers = workers
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(
-            tempfile.mkstemp(prefix="trackgate-ingest-", suffix=".log")[1]
-        )
+        fd, path = tempfile.mkstemp(prefix="trackgate-ingest-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(path)
 
     def env(self) -> dict[str, str]:
         env = trackgate_env(
@@ -141,18 +200,35 @@ class IngestProcess:
         env.update({f"TRACKGATE_{k.upper()}": v for k, v in self.settings.items()})
         return env
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the process; do not wait for it to serve."""
         import sys
 
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "trackgate", "ingest"],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.port, timeout=30)
-        wait_for_port(self.admin_port, timeout=30)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "trackgate", "ingest"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def start(self) -> None:
+        """Start the process and wait until it serves both ports."""
+        self.launch()
+        assert self.process is not None
+        try:
+            wait_for_port(self.port, timeout=30, process=self.process)
+            wait_for_port(self.admin_port, timeout=30, process=self.process)
+        except TimeoutError as exc:
+            # Stopped, so that nothing outlives the failed start.
+            self.stop(timeout=10)
+            tail = "\n".join(self.log().splitlines()[-80:])
+            raise TimeoutError(
+                f"{exc}; the end of the ingest log {self.log_path}:\n{tail}"
+            ) from None
+        except BaseException:
+            self.stop(timeout=10)
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -98,15 +98,22 @@ def test_listeners_read_queue_and_limit_like_ss(stack: ExitStack) -> None:
 
 
 def test_each_reuseport_member_is_a_row_with_its_own_queue(stack: ExitStack) -> None:
-    first = _listener(stack, backlog=3, reuse_port=True)
+    # The kernel hashes each connection to a member: either one may get all
+    # six, so each backlog holds six (a full queue would drop SYNs instead).
+    first = _listener(stack, backlog=6, reuse_port=True)
     port = first.getsockname()[1]
-    second = _listener(stack, backlog=7, port=port, reuse_port=True)
+    second = _listener(stack, backlog=9, port=port, reuse_port=True)
     _connect_many(stack, ("127.0.0.1", port), 6)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 2
+    while (
+        listen_queue(first)[0] + listen_queue(second)[0] < 6
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
 
     rows = listeners(port)
 
-    assert sorted(row.backlog_limit or 0 for row in rows) == [3, 7]
+    assert sorted(row.backlog_limit or 0 for row in rows) == [6, 9]
     by_inode = {row.inode: row for row in rows}
     for server in (first, second):
         row = by_inode[os.fstat(server.fileno()).st_ino]

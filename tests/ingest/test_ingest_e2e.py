@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -340,3 +340,47 @@ def test_udp_codec8e_datagram_from_the_encoder(
     rows = entries(db, "352093081452251")
     assert [json.loads(r["io"])["11"] for r in rows] == [8_937_000_000_000_000_000] * 4
     sock.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_records_stored_after_their_device_left_are_counted_as_stored(
+    redis_url: str,
+) -> None:
+    """A device that closes while its packet is being written is not ACKed,
+    yet Redis stores the records: they count as stored, and the device's
+    resend as duplicates."""
+    imei = "356307042441099"
+    ingest = IngestProcess(redis_url, pod_name="pod-counts", stream_shards="4")
+    ingest.start()
+    db = sync_client(redis_url, decode_responses=True)
+    try:
+        packet = encode_avl_packet(8, make_records(5, codec=8))
+        # Redis holds every write for a moment: the device leaves meanwhile.
+        db.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        device = Device(ingest.port, imei)
+        assert device.login() == b"\x01"
+        device.sock.sendall(packet)
+        device.close()
+        assert wait_until(lambda: f"session ended imei={imei}" in ingest.log())
+        assert entries(db, imei) == []
+        assert wait_until(lambda: len(entries(db, imei)) == 5)
+        assert wait_until(lambda: metric_sum(ingest, "trackgate_records_total") == 5)
+        again = Device(ingest.port, imei)
+        assert again.login() == b"\x01"
+        again.sock.sendall(packet)
+        assert again.recv(4) == (5).to_bytes(4, "big")
+        again.close()
+        assert len(entries(db, imei)) == 5
+        assert metric_sum(ingest, "trackgate_records_total") == 5
+        assert metric_sum(ingest, "trackgate_records_duplicate_total") == 5
+    finally:
+        db.close()
+        ingest.stop()

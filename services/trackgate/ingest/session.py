@@ -212,9 +212,7 @@ class TcpSession(asyncio.Protocol):
             return
         assert self.transport is not None
         self.transport.write(tcp_ack(result.accepted))
-        self.worker.packet_acked(
-            self, result, time.perf_counter() - self._packet_read_at
-        )
+        self.worker.packet_acked(self, time.perf_counter() - self._packet_read_at)
         if self._paused:
             self._paused = False
             self.transport.resume_reading()

@@ -315,24 +315,16 @@ class Worker:
         self._spawn(self._announce(session), "announce")
         self._spawn(self.courier.session_started(session), "commands")
 
-    def packet_acked(
-        self, session: TcpSession, result: WriteResult, ack_seconds: float
-    ) -> None:
-        self.count_acked(result, "tcp", ack_seconds)
+    def packet_acked(self, session: TcpSession, ack_seconds: float) -> None:
+        self.count_acked(ack_seconds)
         # Most packets come between two looks at the queue: no task for them.
         if self.courier.due(session):
             self._spawn(self.courier.packet_acked(session), "commands")
 
-    def count_acked(
-        self, result: WriteResult, transport: str, ack_seconds: float
-    ) -> None:
-        """Metrics of one ACKed packet, TCP or UDP."""
-        t = self.telemetry
-        t.ack_latency.observe(ack_seconds)
-        if result.stored:
-            t.records.add(result.stored, transport)
-        if result.duplicates:
-            t.duplicates.add(result.duplicates, transport)
+    def count_acked(self, ack_seconds: float) -> None:
+        """Metrics of one ACKed packet, TCP or UDP (the writer counts its
+        records, ACKed or not)."""
+        self.telemetry.ack_latency.observe(ack_seconds)
 
     def record_lags(self, packet: PacketWrite) -> None:
         stamps = [record.timestamp for record in packet.records]
@@ -849,7 +841,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                     datagram.packet_id, datagram.avl_packet_id, result.accepted
                 )
                 self.transport.sendto(ack, addr)
-            worker.count_acked(result, "udp", time.perf_counter() - started)
+            worker.count_acked(time.perf_counter() - started)
 
         future.add_done_callback(stored)
         worker.record_lags(write)

@@ -4,7 +4,9 @@ Sessions call :meth:`BatchWriter.submit` and get a future that resolves to
 the packet's :class:`WriteResult` once Redis has answered. While one batch is
 in flight the next one gathers, so under load batches grow by themselves and
 the per-packet cost of a round trip falls; when idle a packet goes out alone
-at once.
+at once. The writer counts the records Redis stored and recognised as
+resends (``trackgate_records_total``, ``trackgate_records_duplicate_total``)
+for every packet Redis answered, whether or not its device is still there.
 
 When Redis is unreachable the writer keeps the batch and tries again with
 backoff; a packet whose deadline passes fails with :class:`StoreError` (the
@@ -126,9 +128,19 @@ class BatchWriter:
             if attempt:
                 log.info("redis writes succeed again after %d retries", attempt)
             self.healthy = True
-            if self.telemetry is not None:
-                self.telemetry.redis_latency.record(time.perf_counter() - started)
+            telemetry = self.telemetry
+            if telemetry is not None:
+                telemetry.redis_latency.record(time.perf_counter() - started)
             for pending, result in zip(batch, results, strict=True):
+                if telemetry is not None:
+                    # Counted here, as Redis answered: a packet whose session
+                    # closed meanwhile is stored all the same (its device's
+                    # resend then counts as duplicates), though nobody is ACKed.
+                    transport = pending.packet.transport
+                    if result.stored:
+                        telemetry.records.add(result.stored, transport)
+                    if result.duplicates:
+                        telemetry.duplicates.add(result.duplicates, transport)
                 if not pending.future.done():
                     pending.future.set_result(result)
             return

@@ -384,3 +384,42 @@ def test_records_stored_after_their_device_left_are_counted_as_stored(
     finally:
         db.close()
         ingest.stop()
+
+
+def test_a_malformed_datagram_is_logged_with_the_imei_of_its_header(
+    ingest: IngestProcess,
+) -> None:
+    imei = "356307040009200"
+    datagram = bytearray(
+        encode_udp_datagram(
+            packet_id=1,
+            avl_packet_id=2,
+            imei=imei,
+            codec=8,
+            records=make_records(2, codec=8),
+        )
+    )
+    datagram[-1] = 3  # the closing record count disagrees with the opening one
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1)
+    sock.sendto(bytes(datagram), ("127.0.0.1", ingest.port))
+    sock.sendto(b"\x00\x01\x02", ("127.0.0.1", ingest.port))
+
+    def lines(kind: str) -> list[str]:
+        return [
+            line
+            for line in ingest.log().splitlines()
+            if "malformed datagram" in line and f"kind={kind}" in line
+        ]
+
+    try:
+        assert wait_until(lambda: bool(lines("count_mismatch")))
+        assert wait_until(lambda: bool(lines("bad_udp_datagram")))
+        # Nothing is ACKed for either.
+        with pytest.raises(TimeoutError):
+            sock.recvfrom(64)
+    finally:
+        sock.close()
+    assert f"imei={imei} " in lines("count_mismatch")[0]
+    # A header too short to hold an IMEI names none.
+    assert "imei=- " in lines("bad_udp_datagram")[0]

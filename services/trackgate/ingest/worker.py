@@ -55,6 +55,8 @@ from trackgate.ingest.session import TcpSession
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.sockets import configure_listener, open_listeners, read_somaxconn
 from trackgate.protocol import (
+    IMEI_MAX_DIGITS,
+    IMEI_MIN_DIGITS,
     GprsMessage,
     RemoteProtocolError,
     decode_udp_datagram,
@@ -63,6 +65,9 @@ from trackgate.protocol import (
 
 log = logging.getLogger("trackgate.ingest")
 
+#: A device's datagram header before its IMEI: length, packet id, not-usable
+#: byte, AVL packet id, IMEI length (2 + 2 + 1 + 1 + 2 bytes).
+UDP_HEADER_SIZE = 8
 #: How often timeouts, somaxconn and the parent process are checked.
 SWEEP_INTERVAL_S = 1.0
 LOOP_LAG_INTERVAL_S = 0.25
@@ -795,8 +800,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             allowed, suppressed = worker.limiter.allow(f"udp:{exc.kind}:{addr[0]}")
             if allowed:
                 log.warning(
-                    "malformed datagram imei=- peer=%s kind=%s detail=%s "
+                    "malformed datagram imei=%s peer=%s kind=%s detail=%s "
                     "suppressed_since=%d",
+                    _header_imei(data),
                     peer,
                     exc.kind,
                     exc,
@@ -845,6 +851,26 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
         future.add_done_callback(stored)
         worker.record_lags(write)
+
+
+def _header_imei(data: bytes) -> str:
+    """The IMEI of a datagram's header when it can be read, else ``-``.
+
+    For the log of a datagram that failed to decode: a bad record count or
+    codec further on still names its device. Only an IMEI that is all
+    digits and of an allowed length is shown.
+    """
+    if len(data) < UDP_HEADER_SIZE:
+        return "-"
+    length = int.from_bytes(data[UDP_HEADER_SIZE - 2 : UDP_HEADER_SIZE], "big")
+    raw = data[UDP_HEADER_SIZE : UDP_HEADER_SIZE + length]
+    if (
+        len(raw) != length
+        or not IMEI_MIN_DIGITS <= length <= IMEI_MAX_DIGITS
+        or not raw.isdigit()
+    ):
+        return "-"
+    return raw.decode("ascii")
 
 
 def _listener(sock: socket.socket) -> dict[str, str]:

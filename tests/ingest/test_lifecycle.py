@@ -20,9 +20,11 @@ from tests.support.servers import (
     wait_for_port,
 )
 from trackgate.core.keys import Keys
-from trackgate.protocol import encode_imei
+from trackgate.protocol import encode_avl_packet, encode_imei
+from trackgate.sim import make_records
 
 KEYS = Keys()
+IMEI = "356307049000999"
 
 
 def wait_until(check: object, timeout: float = 10.0) -> bool:
@@ -129,3 +131,90 @@ def test_a_second_gateway_on_a_served_port_refuses_to_start(
         wait_for_port(first.port)  # the first one is untouched
     finally:
         first.stop()
+
+
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def orphan_lines(ingest: IngestProcess) -> list[str]:
+    return [
+        line
+        for line in ingest.log().splitlines()
+        if "supervisor is gone, worker=" in line
+    ]
+
+
+def kill_left(pids: list[int]) -> None:
+    for pid in pids:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_whose_supervisor_was_killed_exits_soon_though_redis_hangs(
+    tmp_path: Path,
+) -> None:
+    redis_server = RedisServer(free_port(), tmp_path)
+    redis_server.start()
+    ingest = IngestProcess(redis_server.url, workers=1)
+    workers: list[int] = []
+    frozen = False
+    try:
+        ingest.start()
+        workers = ingest.worker_pids()
+        device = socket.create_connection(("127.0.0.1", ingest.port), timeout=5)
+        device.sendall(encode_imei(IMEI))
+        assert device.recv(1) == b"\x01"
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)  # Redis hangs
+        frozen = True
+        records = make_records(2, codec=8)
+        device.sendall(encode_avl_packet(8, records))  # stays in flight
+        time.sleep(0.3)
+        assert ingest.process is not None
+        ingest.process.kill()  # kill -9: the worker is left on its own
+        ingest.process.wait()
+        ingest.process = None
+        started = time.monotonic()
+        assert wait_until(lambda: all(map(process_gone, workers)), timeout=30)
+        took = time.monotonic() - started
+        device.close()
+    finally:
+        kill_left(workers)
+        ingest.stop()
+        if frozen and redis_server.process is not None:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        redis_server.stop()
+    # Noticed at the next sweep (1 s), then a shutdown bounded at 3 s.
+    assert took < 5.5, took
+    assert len(orphan_lines(ingest)) == 1, orphan_lines(ingest)
+
+
+def test_workers_whose_supervisor_dies_while_they_start_exit_too(
+    redis_url: str,
+) -> None:
+    ingest = IngestProcess(redis_url, workers=2)
+    workers: list[int] = []
+    try:
+        ingest.launch()
+        deadline = time.monotonic() + 10
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = ingest.worker_pids()
+            time.sleep(0.005)
+        assert len(workers) == 2
+        assert ingest.process is not None
+        # Killed while the workers are still importing: before any of them
+        # could have asked for its parent.
+        ingest.process.kill()
+        ingest.process.wait()
+        ingest.process = None
+        assert wait_until(lambda: all(map(process_gone, workers)), timeout=30)
+    finally:
+        kill_left(workers)
+        ingest.stop()
+    assert len(orphan_lines(ingest)) == 2, ingest.log()

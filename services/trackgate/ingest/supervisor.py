@@ -224,6 +224,7 @@ class Supervisor:
                 str(worker.index),
                 str(worker.admin_port),
                 str(pulse_write),
+                str(os.getpid()),
                 env=worker_env(self.settings),
                 pass_fds=(pulse_write,),
             )

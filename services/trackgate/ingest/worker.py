@@ -76,6 +76,12 @@ PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 #: How long shutdown waits for devices to be marked disconnected.
 RELEASE_TIMEOUT_S = 3.0
+#: A worker whose supervisor is gone waits this long for packets in flight
+#: (not TRACKGATE_DRAIN_SECONDS), and stops within ORPHAN_STOP_S whatever
+#: Redis does: nobody restarts or waits for it, and a new supervisor refuses
+#: to start while the port is still served.
+ORPHAN_DRAIN_S = 1.0
+ORPHAN_STOP_S = 3.0
 #: Session status writes in flight at once (see ``_bookkeeping``).
 BOOKKEEPING_CONCURRENCY = 16
 #: How often worker 0 reads stream lengths and consumer-group lag.
@@ -85,7 +91,12 @@ STREAM_WATCH_INTERVAL_S = 30.0
 class Worker:
     """State of one worker: sockets, sessions, writer, background tasks."""
 
-    def __init__(self, settings: IngestSettings, index: int = 0) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        index: int = 0,
+        supervisor_pid: int | None = None,
+    ) -> None:
         self.settings = settings
         self.index = index
         self.name = f"{settings.pod_name}/{index}"
@@ -158,7 +169,13 @@ class Worker:
         self._closing: set[asyncio.Task[None]] = set()
         #: session status writes in flight; a storm queues here, not in Redis
         self._bookkeeping = asyncio.Semaphore(BOOKKEEPING_CONCURRENCY)
-        self._parent = os.getppid()
+        #: The supervisor's pid as it said at start: a worker that read its
+        #: parent itself would take the reaper for it, were the supervisor
+        #: killed while the worker was still importing.
+        self._parent = os.getppid() if supervisor_pid is None else supervisor_pid
+        #: set by SIGTERM/SIGINT, or by the sweep once the supervisor is gone
+        self.stop_requested = asyncio.Event()
+        self.orphaned = False
         self._register_gauges()
 
     # lifecycle
@@ -217,7 +234,10 @@ class Worker:
             server.close()
         for transport in self.udp_transports:
             transport.close()
-        deadline = time.monotonic() + self.settings.drain_seconds
+        drain = self.settings.drain_seconds
+        if self.orphaned:
+            drain = min(drain, ORPHAN_DRAIN_S)
+        deadline = time.monotonic() + drain
         while time.monotonic() < deadline and any(
             s.pending is not None for s in self.connections
         ):
@@ -516,7 +536,9 @@ class Worker:
             self._follow_somaxconn()
             if os.getppid() != self._parent:
                 log.error("supervisor is gone, worker=%s exits", self.name)
-                os.kill(os.getpid(), signal.SIGTERM)
+                self.orphaned = True
+                self.stop_requested.set()
+                return
 
     def _timeout(self, session: TcpSession, reason: str) -> None:
         # A storm of silent connections times out together: one line per
@@ -911,19 +933,34 @@ async def admin_app(worker: Worker) -> web.Application:
     return app
 
 
-async def serve(settings: IngestSettings, index: int, admin_port: int) -> None:
-    """Run one worker until SIGTERM or SIGINT."""
-    worker = Worker(settings, index)
+async def serve(
+    settings: IngestSettings,
+    index: int,
+    admin_port: int,
+    supervisor_pid: int | None = None,
+) -> None:
+    """Run one worker until SIGTERM or SIGINT, or until its supervisor is gone."""
+    worker = Worker(settings, index, supervisor_pid)
     await worker.start()
     runner = web.AppRunner(await admin_app(worker), access_log=None)
     await runner.setup()
     if admin_port:
         await web.TCPSite(runner, "127.0.0.1", admin_port).start()
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await worker.stop()
+        loop.add_signal_handler(sig, worker.stop_requested.set)
+    await worker.stop_requested.wait()
+    if worker.orphaned:
+        try:
+            await asyncio.wait_for(worker.stop(), ORPHAN_STOP_S)
+        except TimeoutError:
+            log.warning(
+                "worker=%s exits before its shutdown finished (%.0f s, Redis "
+                "does not answer?)",
+                worker.name,
+                ORPHAN_STOP_S,
+            )
+    else:
+        await worker.stop()
     await runner.cleanup()

@@ -1,8 +1,8 @@
 """Entry point of one worker process: ``python -m trackgate.ingest.worker_main``.
 
-The supervisor starts it with the worker's index, loopback admin port and
-the descriptor of its pulse pipe (:mod:`trackgate.ingest.liveness`) as
-arguments and the settings in the environment. SIGUSR1 makes the process
+The supervisor starts it with the worker's index, loopback admin port, the
+descriptor of its pulse pipe (:mod:`trackgate.ingest.liveness`) and its own
+pid as arguments and the settings in the environment. SIGUSR1 makes the process
 write every thread's Python stack to stderr, even while its event loop is
 blocked: the supervisor sends it before it kills a hung worker.
 """
@@ -35,6 +35,7 @@ GC_THRESHOLDS = (50_000, 20, 20)
 def main(argv: list[str]) -> int:
     index, admin_port = int(argv[0]), int(argv[1])
     pulse_fd = int(argv[2]) if len(argv) > 2 else None
+    supervisor_pid = int(argv[3]) if len(argv) > 3 else None
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = IngestSettings()
     # Every session is a file descriptor: allow what max_connections needs.
@@ -55,7 +56,9 @@ def main(argv: list[str]) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(_with_pulses(serve(settings, index, admin_port), pulse_fd))
+        runner(
+            _with_pulses(serve(settings, index, admin_port, supervisor_pid), pulse_fd)
+        )
     except (StoreError, OSError) as exc:
         # Bad settings or a taken port: one clear line, no traceback.
         logging.getLogger("trackgate.ingest").error(

@@ -68,7 +68,9 @@ STACK_DUMP_WAIT_S = 0.5
 @dataclass
 class WorkerProcess:
     index: int
-    admin_port: int
+    #: the worker's admin listener on loopback, opened by the supervisor and
+    #: kept for every process of this worker, so its port never changes hands
+    admin_socket: socket.socket
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
@@ -79,6 +81,9 @@ class WorkerProcess:
     #: found hung and not seen turning since (reset by a new process)
     hung: bool = False
     hangs: int = 0
+
+    def admin_port(self) -> int:
+        return int(self.admin_socket.getsockname()[1])
 
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
@@ -98,10 +103,11 @@ class WorkerProcess:
         return self.pulses.hung(now, threshold_s)
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _loopback_listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
 
 
 def port_taken(host: str, port: int) -> str | None:
@@ -140,7 +146,7 @@ class Supervisor:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.workers = [
-            WorkerProcess(i, _free_loopback_port())
+            WorkerProcess(i, _loopback_listener())
             for i in range(worker_count(settings))
         ]
         self.stopping = False
@@ -222,11 +228,11 @@ class Supervisor:
                 "-m",
                 "trackgate.ingest.worker_main",
                 str(worker.index),
-                str(worker.admin_port),
+                str(worker.admin_socket.fileno()),
                 str(pulse_write),
                 str(os.getpid()),
                 env=worker_env(self.settings),
-                pass_fds=(pulse_write,),
+                pass_fds=(pulse_write, worker.admin_socket.fileno()),
             )
         except BaseException:
             os.close(pulse_read)
@@ -375,7 +381,7 @@ class Supervisor:
 
     async def _fetch(self, worker: WorkerProcess, path: str) -> tuple[int, str]:
         assert self._session is not None
-        url = f"http://127.0.0.1:{worker.admin_port}{path}"
+        url = f"http://127.0.0.1:{worker.admin_port()}{path}"
         try:
             async with self._session.get(url) as response:
                 return response.status, await response.text()

@@ -415,7 +415,21 @@ class Worker:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error(
+            "background task %s of worker=%s failed: %s: %s",
+            task.get_name(),
+            self.name,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
 
     async def _announce(self, session: TcpSession) -> None:
         assert session.imei
@@ -936,7 +950,7 @@ async def admin_app(worker: Worker) -> web.Application:
 async def serve(
     settings: IngestSettings,
     index: int,
-    admin_port: int,
+    admin_fd: int,
     supervisor_pid: int | None = None,
 ) -> None:
     """Run one worker until SIGTERM or SIGINT, or until its supervisor is gone."""
@@ -944,8 +958,10 @@ async def serve(
     await worker.start()
     runner = web.AppRunner(await admin_app(worker), access_log=None)
     await runner.setup()
-    if admin_port:
-        await web.TCPSite(runner, "127.0.0.1", admin_port).start()
+    if admin_fd >= 0:
+        # The supervisor's listener for this worker, inherited.
+        admin = socket.socket(fileno=admin_fd)
+        await web.SockSite(runner, admin).start()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

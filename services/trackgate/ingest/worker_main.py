@@ -33,7 +33,7 @@ GC_THRESHOLDS = (50_000, 20, 20)
 
 
 def main(argv: list[str]) -> int:
-    index, admin_port = int(argv[0]), int(argv[1])
+    index, admin_fd = int(argv[0]), int(argv[1])
     pulse_fd = int(argv[2]) if len(argv) > 2 else None
     supervisor_pid = int(argv[3]) if len(argv) > 3 else None
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -56,9 +56,7 @@ def main(argv: list[str]) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(
-            _with_pulses(serve(settings, index, admin_port, supervisor_pid), pulse_fd)
-        )
+        runner(_with_pulses(serve(settings, index, admin_fd, supervisor_pid), pulse_fd))
     except (StoreError, OSError) as exc:
         # Bad settings or a taken port: one clear line, no traceback.
         logging.getLogger("trackgate.ingest").error(

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from tests.support.cluster import RedisClusterProcs, redis_cluster
-from tests.support.servers import RedisServer, redis_server
+from tests.support.servers import IngestProcess, RedisServer, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,15 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
     """A single Redis, then a Redis Cluster: the test runs against both."""
     name = "redis_url" if request.param == "single" else "cluster_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_proc: RedisServer) -> Iterator[IngestProcess]:
+    """``trackgate ingest`` on the session's Redis, shared by a module's tests
+    (they keep apart by their IMEIs)."""
+    ingest = IngestProcess(redis_proc.url)
+    ingest.start()
+    try:
+        yield ingest
+    finally:
+        ingest.stop()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -25,6 +25,9 @@ from tests.support.servers import RedisServer, free_port, trackgate_env, wait_fo
 from trackgate.api.main import create_app
 from trackgate.api.settings import ApiSettings
 from trackgate.core.keys import Keys
+
+if TYPE_CHECKING:
+    from tests.api.served import ApiProcess
 
 READ_TOKEN = "read-0123456789abcdef0123"
 COMMANDS_TOKEN = "commands-0123456789abcdef01"
@@ -150,3 +153,18 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     assert set(error) == {"code", "message", "details"}, error
     assert isinstance(error["code"], str) and isinstance(error["message"], str)
     return error
+
+
+@pytest.fixture(scope="module")
+def served(
+    redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiProcess]:
+    """``trackgate api`` as a process of its own with a log the test reads."""
+    from tests.api.served import ApiProcess  # it reads this module's tokens
+
+    api = ApiProcess(redis_proc.url, tmp_path_factory.mktemp("api"))
+    api.start()
+    try:
+        yield api
+    finally:
+        api.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,35 +17,13 @@ import pytest
 
 from tests.api.conftest import COMMANDS, READ, error_of
 from tests.api.served import ApiProcess
-from tests.support.servers import IngestProcess, RedisServer
+from tests.support.servers import IngestProcess
 from trackgate.sim import SimDevice
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 HOST = "127.0.0.1"
 NEW = "356307042441047"
-
-
-@pytest.fixture(scope="module")
-def gateway(redis_proc: RedisServer) -> Iterator[IngestProcess]:
-    ingest = IngestProcess(redis_proc.url)
-    ingest.start()
-    try:
-        yield ingest
-    finally:
-        ingest.stop()
-
-
-@pytest.fixture(scope="module")
-def served(
-    redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ApiProcess]:
-    api = ApiProcess(redis_proc.url, tmp_path_factory.mktemp("api"))
-    api.start()
-    try:
-        yield api
-    finally:
-        api.stop()
 
 
 async def test_command_for_an_unknown_device_waits_for_its_first_login(

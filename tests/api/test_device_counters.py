@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ import redis
 
 from tests.api.conftest import READ
 from tests.api.served import ApiProcess
-from tests.support.servers import IngestProcess, RedisServer
+from tests.support.servers import IngestProcess
 from trackgate.core.keys import Keys
 from trackgate.protocol import encode_imei
 from trackgate.sim import SimDevice
@@ -29,28 +28,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 KEYS = Keys()
 HOST = "127.0.0.1"
 A, B, C = "356307042441013", "356307042441021", "356307042441039"
-
-
-@pytest.fixture(scope="module")
-def gateway(redis_proc: RedisServer) -> Iterator[IngestProcess]:
-    ingest = IngestProcess(redis_proc.url)
-    ingest.start()
-    try:
-        yield ingest
-    finally:
-        ingest.stop()
-
-
-@pytest.fixture(scope="module")
-def served(
-    redis_proc: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ApiProcess]:
-    api = ApiProcess(redis_proc.url, tmp_path_factory.mktemp("api"))
-    api.start()
-    try:
-        yield api
-    finally:
-        api.stop()
 
 
 async def status(api: ApiProcess, imei: str) -> dict[str, Any]:

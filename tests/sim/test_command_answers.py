@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.support.servers import IngestProcess, RedisServer
+from tests.support.servers import IngestProcess
 from trackgate.core.commands import Command, CommandState, CommandStore, NewCommand
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import async_client
@@ -24,16 +23,6 @@ from trackgate.sim import SimDevice, command_answer, imei_for, load
 KEYS = Keys()
 HOST = "127.0.0.1"
 MODBUS = bytes.fromhex("010300010015D5C5")
-
-
-@pytest.fixture(scope="module")
-def gateway(redis_proc: RedisServer) -> Iterator[IngestProcess]:
-    ingest = IngestProcess(redis_proc.url)
-    ingest.start()
-    try:
-        yield ingest
-    finally:
-        ingest.stop()
 
 
 @pytest.mark.parametrize(

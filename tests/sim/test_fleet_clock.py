@@ -12,29 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from tests.sim.test_load import ScriptedGateway
-from tests.support.servers import IngestProcess, RedisServer
+from tests.support.servers import IngestProcess
 from trackgate.core.keys import Keys
 from trackgate.protocol import AvlPacket, decode_tcp_frame
 from trackgate.sim import LivePacket, SimDevice, imei_for, load
 
 KEYS = Keys()
 HOST = "127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def gateway(redis_proc: RedisServer) -> Iterator[IngestProcess]:
-    ingest = IngestProcess(redis_proc.url)
-    ingest.start()
-    try:
-        yield ingest
-    finally:
-        ingest.stop()
 
 
 def timestamps(frame: bytes) -> list[int]:

@@ -347,3 +347,35 @@ def test_records_prints_the_newest_of_every_shard(redis_url: str) -> None:
         ("3000-0", by_shard[1], {"21": 1}),
         ("2000-0", by_shard[0], {"21": 0}),
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("heartbeat_ttl_s", "inf"),
+        ("store_timeout_s", "nan"),
+        ("key_prefix", ""),
+        ("key_prefix", "a b"),
+        ("key_prefix", "a{b"),
+        ("log_level", "LOUD"),
+        ("pod_name", ""),
+        ("pod_name", "a}b"),
+        ("pod_name", "pod/1"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_start(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trackgate.ingest.settings import IngestSettings
+
+    monkeypatch.setenv(f"TRACKGATE_{name.upper()}", value)
+    with pytest.raises(ValidationError) as caught:
+        IngestSettings()
+    assert caught.value.errors()[0]["loc"] == (name,)
+
+
+def test_ingest_with_a_bad_log_level_is_one_line() -> None:
+    result = trackgate("ingest", "--log-level", "LOUD", "--admin-port", "0")
+    assert result.returncode == 2
+    assert "TRACKGATE_LOG_LEVEL" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -129,3 +129,25 @@ def test_a_stalled_worker_taken_for_gone_reclaims_its_sessions(
             sock.close()
         live.stop()
         stalled.stop()
+
+
+def test_a_second_gateway_under_a_live_pod_name_refuses_to_start(
+    redis_url: str,
+) -> None:
+    first = IngestProcess(redis_url, workers=1, pod_name="pod-dup", **FAST)
+    second = IngestProcess(redis_url, workers=1, pod_name="pod-dup", **FAST)
+    first.start()
+    try:
+        second.launch()
+        assert second.process is not None
+        assert second.process.wait(30) == 2
+        assert "pod name pod-dup is in use" in second.log()
+        assert "TRACKGATE_POD_NAME" in second.log()
+        first.stop()
+        # Stopped cleanly, the name is free at once; after a crash, one TTL.
+        third = IngestProcess(redis_url, workers=1, pod_name="pod-dup", **FAST)
+        third.start()
+        third.stop()
+    finally:
+        if first.process is not None and first.process.poll() is None:
+            first.stop()

@@ -133,6 +133,33 @@ def test_a_second_gateway_on_a_served_port_refuses_to_start(
         first.stop()
 
 
+def test_a_second_gateway_on_a_served_admin_port_refuses_to_start(
+    redis_proc: RedisServer,
+) -> None:
+    first = IngestProcess(redis_proc.url)
+    first.start()
+    try:
+        env = trackgate_env(
+            TRACKGATE_REDIS_URL=redis_proc.url,
+            TRACKGATE_HOST="127.0.0.1",
+            TRACKGATE_PORT=str(free_port()),
+            TRACKGATE_ADMIN_HOST="0.0.0.0",
+            TRACKGATE_ADMIN_PORT=str(first.admin_port),
+        )
+        second = subprocess.run(
+            [sys.executable, "-m", "trackgate", "ingest"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert f"admin port {first.admin_port} is already served" in second.stderr
+        assert first.readyz() == 200  # the first one is untouched
+    finally:
+        first.stop()
+
+
 def process_gone(pid: int) -> bool:
     """Exited: no such process, or a zombie its new parent has not reaped."""
     try:

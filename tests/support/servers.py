@@ -197,6 +197,8 @@ class IngestProcess:
             TRACKGATE_WORKERS=str(self.workers),
             TRACKGATE_LOG_LEVEL="INFO",
         )
+        # A pod name of its own (gateways under one name refuse to share it).
+        env["TRACKGATE_POD_NAME"] = f"test-{self.port}"
         env.update({f"TRACKGATE_{k.upper()}": v for k, v in self.settings.items()})
         return env
 

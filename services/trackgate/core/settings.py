@@ -18,23 +18,34 @@ from trackgate.core.keys import Keys
 class CommonSettings(BaseSettings):
     """What every trackgate process needs: where Redis is and how keys look."""
 
-    model_config = SettingsConfigDict(env_prefix="TRACKGATE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TRACKGATE_", extra="ignore", allow_inf_nan=False
+    )
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis URL; redis+cluster:// or ?cluster=1 selects Redis Cluster.",
     )
-    key_prefix: str = Field("trackgate", description="Prefix of every Redis key.")
+    key_prefix: str = Field(
+        "trackgate",
+        pattern=r"^[^{}\s]+$",
+        description="Prefix of every Redis key (no braces or spaces).",
+    )
     stream_shards: int = Field(
         1,
         ge=1,
         le=1024,
         description="Number of record streams; devices are spread by IMEI.",
     )
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = Field(
+        "INFO",
+        pattern="(?i)^(DEBUG|INFO|WARNING|ERROR)$",
+        description="DEBUG, INFO, WARNING or ERROR.",
+    )
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json")
     pod_name: str = Field(
         default_factory=socket.gethostname,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="This instance in device hashes (the pod name in Kubernetes).",
     )
 

@@ -81,12 +81,14 @@ class IngestSettings(CommonSettings):
     heartbeat_s: float = Field(
         10.0,
         gt=0,
+        le=3600,
         description="How often a worker renews its alive key in Redis and marks "
         "the devices of gone workers disconnected.",
     )
     heartbeat_ttl_s: float = Field(
         45.0,
         gt=0,
+        le=86400,
         description="How long a worker's alive key outlives its last renewal: "
         "a worker silent for longer is taken for gone.",
     )

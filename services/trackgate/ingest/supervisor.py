@@ -163,6 +163,26 @@ class Supervisor:
                 taken,
             )
             return 2
+        admin = self.settings.admin_port
+        taken = port_taken(self.settings.admin_host, admin) if admin else None
+        if taken is not None:
+            log.error(
+                "admin port %d is already served by %s (another gateway?): "
+                "not starting",
+                admin,
+                taken,
+            )
+            return 2
+        other = await self._pod_name_in_use()
+        if other is not None:
+            log.error(
+                "pod name %s is in use: ingest worker %s renews its heartbeat in "
+                "Redis; two gateways under one name mark each other's devices "
+                "disconnected. Give each its own TRACKGATE_POD_NAME: not starting",
+                self.settings.pod_name,
+                other,
+            )
+            return 2
         self._check_backlog()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -362,6 +382,37 @@ class Supervisor:
                     process.kill()
             await asyncio.gather(*(p.wait() for p in running))
 
+    async def _pod_name_in_use(self) -> str | None:
+        """The ``pod/worker`` of a live gateway already using this pod name.
+
+        A worker's alive key outlives a crash by its TTL, so a key alone
+        proves nothing: the key must move again within one heartbeat. Only a
+        start that finds such keys waits (a restart after a crash, or a
+        second gateway), about one heartbeat. Without Redis nothing is known.
+        """
+        from redis.exceptions import RedisError
+
+        from trackgate.core.redisconn import async_client
+
+        keys = self.settings.keys()
+        names = [f"{self.settings.pod_name}/{w.index}" for w in self.workers]
+        client = async_client(self.settings.redis_url)
+        try:
+            seen = {n: await client.get(keys.alive(n)) for n in names}
+            seen = {n: v for n, v in seen.items() if v is not None}
+            if not seen:
+                return None
+            await asyncio.sleep(self.settings.heartbeat_s * 1.5)
+            for name, before in seen.items():
+                if await client.get(keys.alive(name)) not in (None, before):
+                    return name
+            return None
+        except (RedisError, OSError) as exc:
+            log.warning("pod name not checked against live gateways: %s", exc)
+            return None
+        finally:
+            await client.aclose()
+
     # admin HTTP
 
     async def _start_admin(self) -> web.AppRunner | None:
@@ -373,9 +424,7 @@ class Supervisor:
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.settings.admin_host, self.settings.admin_port, reuse_port=True
-        )
+        site = web.TCPSite(runner, self.settings.admin_host, self.settings.admin_port)
         await site.start()
         return runner
 
@@ -391,8 +440,11 @@ class Supervisor:
     async def _fetch_unless_hung(
         self, worker: WorkerProcess, path: str
     ) -> tuple[int, str]:
-        """A hung worker would only let the request time out."""
+        """A hung or dead worker would only let the request time out (its
+        admin listener stays open in the supervisor for its successor)."""
         now = time.monotonic()
+        if not worker.alive():
+            return 0, "worker not running"
         if worker.loop_hung(now, self.settings.worker_hang_timeout_s):
             return 0, "event loop hung"
         return await self._fetch(worker, path)

@@ -20,7 +20,9 @@ from trackgate.operator.manifests import AgentTemplate
 class OperatorSettings(BaseSettings):
     """``trackgate operator``: where agents go and how they look."""
 
-    model_config = SettingsConfigDict(env_prefix="TRACKGATE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TRACKGATE_", extra="ignore", allow_inf_nan=False
+    )
 
     operator_namespace: str = Field(description="Namespace of the agent DaemonSets.")
     agent_image: str = Field(description="Image that runs `trackgate agent`.")
@@ -49,7 +51,11 @@ class OperatorSettings(BaseSettings):
         le=86_400,
         description="Seconds a deletion waits for agents to restore originals.",
     )
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = Field(
+        "INFO",
+        pattern="(?i)^(DEBUG|INFO|WARNING|ERROR)$",
+        description="DEBUG, INFO, WARNING or ERROR.",
+    )
 
     def agent_template(self) -> AgentTemplate:
         return AgentTemplate(
@@ -68,7 +74,9 @@ class OperatorSettings(BaseSettings):
 class AgentSettings(BaseSettings):
     """``trackgate agent``: which profile, which node, which pod am I."""
 
-    model_config = SettingsConfigDict(env_prefix="TRACKGATE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TRACKGATE_", extra="ignore", allow_inf_nan=False
+    )
 
     agent_profile: str = Field(description="The NodeNetworkProfile this agent serves.")
     agent_node_name: str = Field(description="Its node (downward API).")
@@ -82,7 +90,11 @@ class AgentSettings(BaseSettings):
     agent_node_netns: str = Field(
         "", description="Namespace path of the node; default <proc root>/1/ns/net."
     )
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = Field(
+        "INFO",
+        pattern="(?i)^(DEBUG|INFO|WARNING|ERROR)$",
+        description="DEBUG, INFO, WARNING or ERROR.",
+    )
 
     @property
     def node_netns(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,3 +97,19 @@ def test_running_bridge_serves_metrics_and_stops_on_sigterm(redis_url: str) -> N
         proc.kill()
     assert proc.returncode == 0, err
     assert "pushed 2 jobs" in out
+
+
+def test_a_taken_metrics_port_is_one_line(redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        env = {
+            "TRACKGATE_REDIS_URL": redis_url,
+            "TRACKGATE_LARAVEL_JOB": "App\\Jobs\\IngestRecord@handle",
+            "TRACKGATE_BRIDGE_METRICS_PORT": str(taken.getsockname()[1]),
+        }
+        done = run(env, "--stop-when-empty")
+
+    assert done.returncode == 2
+    assert "TRACKGATE_BRIDGE_METRICS_PORT" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -78,7 +78,16 @@ def laravel(
         if settings.bridge_metrics_port:
             from trackgate.bridge.metrics import export_metrics
 
-            export_metrics(bridge.stats, settings.bridge_metrics_port)
+            try:
+                export_metrics(bridge.stats, settings.bridge_metrics_port)
+            except OSError as exc:
+                await bridge.aclose()
+                typer.echo(
+                    f"cannot serve metrics on port {settings.bridge_metrics_port} "
+                    f"(TRACKGATE_BRIDGE_METRICS_PORT): {exc.strerror or exc}",
+                    err=True,
+                )
+                return 2
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, bridge.stop)

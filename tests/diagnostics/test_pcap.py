@@ -264,6 +264,25 @@ def test_capture_started_after_the_login_still_decodes_packets(
     assert _address(late, DEVICE_A)["packets"] == 4
 
 
+def test_capture_starting_with_the_imei_reply_pairs_acks_with_packets(
+    session: Session, tmp_path: Path
+) -> None:
+    packets = _packets(session.path)
+    reply = next(
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and tcp.data == b"\x01"
+    )
+    cut = _write_pcap(tmp_path / "reply.pcap", packets[reply:])
+
+    late = analyse_capture(cut, session.port)
+
+    (conn, *_) = late["connections"]
+    assert (conn["handshake_captured"], conn["imei_reply"]) == (False, 1)
+    assert (conn["packets"], conn["server_acks"]) == (3, 2)
+    assert late["totals"]["acks_short"] == 0
+
+
 def test_capture_started_inside_a_packet_decodes_from_the_next_one(
     session: Session, tmp_path: Path
 ) -> None:

@@ -914,8 +914,10 @@ class _Analysis:
         buffer = flow.server_buffer
         if flow.logged_in is None:
             # The server spoke before any client byte was captured: on a
-            # connection seen from its SYN, it answers a login the capture lost.
-            flow.logged_in = flow.isn is not None
+            # connection seen from its SYN, it answers a login the capture
+            # lost. Seen from later, a first byte of 1 is that answer too:
+            # an ACK or a command starts with a zero byte.
+            flow.logged_in = flow.isn is not None or buffer[:1] == b"\x01"
         if flow.logged_in and flow.imei_reply is None and flow.server_read == 0:
             flow.imei_reply = buffer[0]
             del buffer[:_IMEI_REPLY_SIZE]

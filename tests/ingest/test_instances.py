@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -96,6 +97,55 @@ def test_reconnect_to_another_instance_takes_the_session_over(
     assert closed_by_server(new, within=0.5) is False
     new.close()
     old.close()
+    db.close()
+
+
+def _log_in(sock: socket.socket, start: threading.Barrier) -> None:
+    start.wait()
+    sock.sendall(encode_imei(IMEI))
+    assert sock.recv(1) == b"\x01"
+
+
+def test_logins_at_once_on_two_instances_leave_one_session_named_in_the_hash(
+    pods: tuple[str, IngestProcess, IngestProcess],
+) -> None:
+    url, a, b = pods
+    db = sync_client(url, decode_responses=True)
+    key = Keys().device(IMEI)
+    for _round in range(3):
+        socks = [
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+            for port in (a.port, b.port) * 4
+        ]
+        start = threading.Barrier(len(socks))
+        threads = [threading.Thread(target=_log_in, args=(s, start)) for s in socks]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(1.0)  # every claim has crossed the bus
+        alive = []
+        for sock in socks:
+            sock.settimeout(2)
+            try:
+                sock.sendall(frame("wiki-codec8-tcp-ex1"))
+                answer = sock.recv(4)
+            except OSError:
+                answer = b""
+            if answer == bytes.fromhex("00000001"):
+                alive.append(sock)
+        assert len(alive) == 1
+        (survivor,) = alive
+        port = survivor.getsockname()[1]
+        assert db.hget(key, "connected") == "1"
+        assert db.hget(key, "peer") == f"127.0.0.1:{port}"
+        survivor.close()
+        deadline = time.monotonic() + 5
+        while db.hget(key, "connected") != "0":
+            assert time.monotonic() < deadline, "the survivor's end never written"
+            time.sleep(0.05)
+        for sock in socks:
+            sock.close()
     db.close()
 
 

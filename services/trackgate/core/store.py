@@ -1387,6 +1387,23 @@ return 0
 """
 
 
+# The newer of two sessions owns the device: later start, then the larger id
+# (starts in one millisecond on two workers must not each yield to the other).
+SESSION_OPENED_LUA = """
+local held = redis.call('HMGET', KEYS[1], 'session_start', 'session_id')
+local held_start = tonumber(held[1])
+local start = tonumber(ARGV[2])
+if held_start and (held_start > start
+    or (held_start == start and (held[2] or '') > ARGV[1])) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'imei', ARGV[3], 'connected', '1',
+  'session_id', ARGV[1], 'session_start', ARGV[2], 'seen_at', ARGV[2],
+  'pod', ARGV[4], 'worker', ARGV[5], 'peer', ARGV[6], 'transport', 'tcp')
+return 1
+"""
+
+
 RELEASE_LUA = """
 if redis.call('HGET', KEYS[1], 'connected') == '1'
     and redis.call('HGET', KEYS[1], 'pod') == ARGV[1]
@@ -1414,26 +1431,29 @@ class SessionStore:
         worker: str,
         peer: str,
         started_at: int,
-    ) -> None:
-        """Record the new session as the device's owner and tell the others."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(
+    ) -> bool:
+        """Record the new session as the device's owner and tell the others.
+
+        False, with nothing written, when a newer session of the device owns
+        it already: this one is a stale connection whose login came late.
+        """
+        # Held first: a worker that dies right after the hash names it is
+        # still found by its successor's release (a stale entry is harmless).
+        await self.client.sadd(self.keys.holder(f"{pod}/{worker}"), imei)
+        owned = await self.client.eval(
+            SESSION_OPENED_LUA,
+            1,
             self.keys.device(imei),
-            mapping={
-                "imei": imei,
-                "connected": "1",
-                "session_id": session_id,
-                "session_start": started_at,
-                "seen_at": started_at,
-                "pod": pod,
-                "worker": worker,
-                "peer": peer,
-                "transport": "tcp",
-            },
+            session_id,
+            str(started_at),
+            imei,
+            pod,
+            worker,
+            peer,
         )
-        pipe.zadd(self.keys.devices(), {imei: started_at})
-        pipe.sadd(self.keys.holder(f"{pod}/{worker}"), imei)
-        await pipe.execute()
+        if not owned:
+            return False
+        await self.client.zadd(self.keys.devices(), {imei: started_at})
         await self.publish(
             {
                 "type": "session",
@@ -1443,6 +1463,7 @@ class SessionStore:
                 "origin": f"{pod}/{worker}",
             }
         )
+        return True
 
     async def closed(self, imei: str, session_id: str, at: int, owner: str) -> bool:
         """Mark the device disconnected, unless a newer session owns it now."""

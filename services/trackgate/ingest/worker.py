@@ -334,6 +334,11 @@ class Worker:
         assert session.imei
         old = self.sessions.get(session.imei)
         if old is not None and old is not session:
+            if _newer(old, session):
+                # A login that came late on a connection the device opened
+                # before the one it uses now.
+                self._replace(session, "a newer connection of the device owns it")
+                return
             self._replace(old, "device connected again on this worker")
         self.sessions[session.imei] = session
         log.info("session started imei=%s peer=%s", session.imei, session.peer)
@@ -435,16 +440,21 @@ class Worker:
         assert session.imei
         try:
             async with self._bookkeeping:
-                await self.sessions_store.opened(
+                owned = await self.sessions_store.opened(
                     session.imei,
                     session.session_id,
                     pod=self.settings.pod_name,
                     worker=str(self.index),
                     peer=session.peer,
-                    started_at=int(session.started_at * 1000),
+                    started_at=_started_ms(session),
                 )
         except Exception as exc:  # noqa: BLE001 - status only; records are safe
             log.warning("session status not written imei=%s: %s", session.imei, exc)
+            return
+        if not owned and not session.closed:
+            if self.sessions.get(session.imei) is session:
+                del self.sessions[session.imei]
+            self._replace(session, "a newer connection of the device owns it")
 
     async def _mark_closed(self, imei: str, session_id: str) -> None:
         try:
@@ -624,11 +634,13 @@ class Worker:
         if session is None or event.get("origin") == self.name:
             return  # this worker replaces its own sessions as they log in
         claimed_at = event.get("started_at")
-        mine = int(session.started_at * 1000)
+        claimed_id = str(event.get("session_id"))
         # Only a newer session takes over: a late claim of an older one (the
-        # bus does not order messages against logins) must not win.
-        if session.session_id != event.get("session_id") and (
-            not isinstance(claimed_at, int) or claimed_at >= mine
+        # bus does not order messages against logins) must not win, and of
+        # two sessions started in one millisecond exactly one does.
+        if not isinstance(claimed_at, int) or (claimed_at, claimed_id) > (
+            _started_ms(session),
+            session.session_id,
         ):
             del self.sessions[imei]
             self._replace(session, "device connected to another instance")
@@ -912,6 +924,16 @@ def _header_imei(data: bytes) -> str:
 def _listener(sock: socket.socket) -> dict[str, str]:
     host, port = sock.getsockname()[:2]
     return {"listener": f"{host}:{port}"}
+
+
+def _started_ms(session: TcpSession) -> int:
+    return int(session.started_at * 1000)
+
+
+def _newer(a: TcpSession, b: TcpSession) -> bool:
+    """Whether ``a`` is the newer session of its device: the later accepted,
+    then the larger id (the order every worker and pod agrees on)."""
+    return (_started_ms(a), a.session_id) > (_started_ms(b), b.session_id)
 
 
 def _reason_kind(reason: str) -> str:

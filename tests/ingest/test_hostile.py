@@ -32,6 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import IngestProcess, RedisServer
+from trackgate.ingest.session import MAX_BAD_FRAMES_IN_A_ROW
 from trackgate.protocol import encode_avl_packet, encode_imei
 from trackgate.sim import make_records
 
@@ -213,6 +214,37 @@ def test_garbage_after_a_valid_login_closes_the_connection(
     assert delta("trackgate_records_total") == 0
 
 
+def test_a_stream_of_bad_frames_is_closed_and_a_bad_frame_now_and_then_is_not(
+    server: IngestProcess,
+) -> None:
+    bad = bytearray(avl_frame(seed=6))
+    bad[-1] ^= 0xFF  # a CRC that never matches
+    limit = MAX_BAD_FRAMES_IN_A_ROW
+    with Delta(server) as delta:
+        flood = connect(server, "127.0.0.44")
+        flood.sendall(encode_imei(IMEI))
+        assert flood.recv(1) == b"\x01"
+        flood.sendall(bytes(bad) * (limit * 50))
+        reply, _ = read_to_close(flood, 5)
+        flood.close()
+        # A device whose frames are sometimes damaged: each good one counts.
+        device = connect(server, "127.0.0.45")
+        device.sendall(encode_imei("356307042449998"))
+        assert device.recv(1) == b"\x01"
+        for seed in (7, 8):
+            device.sendall(bytes(bad) * (limit - 1) + avl_frame(seed=seed))
+            assert device.recv(4) == (2).to_bytes(4, "big")
+        kept = not is_closed(device)
+        device.close()
+        time.sleep(0.2)
+
+    assert reply == b""
+    assert kept
+    assert delta("trackgate_decode_errors_total", kind="crc_mismatch") == 3 * limit - 2
+    assert delta("trackgate_sessions_closed_total", reason="protocol_error") == 1
+    assert delta("trackgate_records_total") == 4
+
+
 def test_half_a_frame_then_silence_is_closed_at_the_idle_timeout(
     server: IngestProcess,
 ) -> None:
@@ -337,9 +369,9 @@ async def test_worker_memory_does_not_follow_a_stream_of_junk(
     (worker,) = server.worker_pids()
     before = rss_kib(worker)
     frame = bytearray(avl_frame(seed=4))
-    frame[-1] ^= 0xFF  # a CRC that never matches: dropped, not fatal
+    frame[-1] ^= 0xFF  # a CRC that never matches: dropped, then too many
     bad_crc = bytes(frame) * 64
-    sent = {"bad_crc": 0, "oversized": 0, "garbage": 0}
+    links = {"bad_crc": 0, "oversized": 0, "garbage": 0}
     stop = time.monotonic() + 5.0
 
     async def one_link(kind: str, payload: bytes, login: str | None) -> None:
@@ -351,10 +383,10 @@ async def test_worker_memory_does_not_follow_a_stream_of_junk(
                 if login is not None:
                     writer.write(encode_imei(login))
                     await reader.readexactly(1)
+                links[kind] += 1
                 while time.monotonic() < stop:
                     writer.write(payload)
                     await writer.drain()
-                    sent[kind] += len(payload)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass
             finally:
@@ -375,24 +407,22 @@ async def test_worker_memory_does_not_follow_a_stream_of_junk(
     await asyncio.sleep(0.3)
     delta = Delta(server, metrics_before, await asyncio.to_thread(scrape, server))
 
-    total_mib = sum(sent.values()) / 2**20
     growth_mib = (peak - before) / 1024
     errors = {
         kind: delta("trackgate_decode_errors_total", kind=kind)
         for kind in ("crc_mismatch", "frame_too_large", "bad_imei")
     }
-    # What the worker read and decoded for sure: every bad-CRC frame it
-    # counted. Oversized and garbage links were cut after their first chunk.
-    decoded_mib = errors["crc_mismatch"] * len(frame) / 2**20
+    # Every link is cut after its first bad chunk (bad-CRC ones after a few
+    # frames) and comes back: the worker took in thousands of junk chunks.
     print(
-        f"junk offered: {total_mib:.1f} MiB ({json.dumps(sent)}); decoded "
-        f"{decoded_mib:.1f} MiB; decode errors {json.dumps(errors)}; worker RSS "
-        f"{before / 1024:.1f} -> peak {peak / 1024:.1f} MiB"
+        f"junk links: {json.dumps(links)}; decode errors "
+        f"{json.dumps(errors)}; worker RSS {before / 1024:.1f} -> peak "
+        f"{peak / 1024:.1f} MiB"
     )
-    assert decoded_mib > RSS_GROWTH_MIB  # keeping it would break the bound
     assert growth_mib < RSS_GROWTH_MIB
-    assert errors["frame_too_large"] >= 1
-    assert errors["bad_imei"] >= 1
+    assert errors["crc_mismatch"] >= 100 * MAX_BAD_FRAMES_IN_A_ROW
+    assert errors["frame_too_large"] >= 100
+    assert errors["bad_imei"] >= 100
 
 
 # Everything at once, and a good device in the middle of it -------------------------

@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trackgate.ingest.session")
 
+#: Frames dropped in a row (bad CRC, counts that disagree) before the
+#: connection is closed. A device waits for the ACK of a frame before it
+#: sends another, so one that streams bad frames is broken or hostile, and
+#: decoding its stream would hold the event loop for every other device.
+MAX_BAD_FRAMES_IN_A_ROW = 8
+
 
 class TcpSession(asyncio.Protocol):
     """A tracker's TCP connection, from accept to close."""
@@ -54,6 +60,7 @@ class TcpSession(asyncio.Protocol):
         "closed_reason",
         "replaced",
         "first_packet",
+        "bad_frames",
         "ledger",
         "_paused",
         "_packet_read_at",
@@ -74,6 +81,8 @@ class TcpSession(asyncio.Protocol):
         self.closed_reason: str | None = None
         self.replaced = False
         self.first_packet = True
+        #: frames dropped since the last one decoded
+        self.bad_frames = 0
         #: the device's dedup state as this session last wrote it
         self.ledger = DedupLedger()
         self._paused = False
@@ -153,6 +162,7 @@ class TcpSession(asyncio.Protocol):
                 continue
             if event is None:
                 return
+            self.bad_frames = 0
             if isinstance(event, AvlPacket):
                 self._store(event)
             elif isinstance(event, KeepAlive):
@@ -226,5 +236,9 @@ class TcpSession(asyncio.Protocol):
             self.transport.write(imei_reply(False))
         if exc.fatal:
             self.close(f"protocol error: {exc.kind}")
+            return True
+        self.bad_frames += 1
+        if self.bad_frames >= MAX_BAD_FRAMES_IN_A_ROW:
+            self.close(f"protocol error: {self.bad_frames} bad frames in a row")
             return True
         return False

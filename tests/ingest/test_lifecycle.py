@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import (
     IngestProcess,
@@ -20,7 +22,7 @@ from tests.support.servers import (
     wait_for_port,
 )
 from trackgate.core.keys import Keys
-from trackgate.protocol import encode_avl_packet, encode_imei
+from trackgate.protocol import REMOTE_ERROR_KINDS, encode_avl_packet, encode_imei
 from trackgate.sim import make_records
 
 KEYS = Keys()
@@ -245,3 +247,29 @@ def test_workers_whose_supervisor_dies_while_they_start_exit_too(
         kill_left(workers)
         ingest.stop()
     assert len(orphan_lines(ingest)) == 2, ingest.log()
+
+
+def test_event_counters_are_exported_at_zero_before_any_event(redis_url: str) -> None:
+    ingest = IngestProcess(redis_url, workers=2)
+    ingest.start()
+    try:
+        url = f"http://127.0.0.1:{ingest.admin_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        ingest.stop()
+    samples = {
+        (sample.name, sample.labels.get("kind"), sample.labels.get("worker")): sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for worker in ("0", "1"):
+        for kind in REMOTE_ERROR_KINDS:
+            key = ("trackgate_decode_errors_total", kind, worker)
+            assert samples[key].value == 0, key
+        for name in (
+            "trackgate_sessions_replaced_total",
+            "trackgate_sessions_released_total",
+            "trackgate_bursts_total",
+        ):
+            assert samples[(name, None, worker)].value == 0, (name, worker)

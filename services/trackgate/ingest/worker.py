@@ -57,6 +57,7 @@ from trackgate.ingest.sockets import configure_listener, open_listeners, read_so
 from trackgate.protocol import (
     IMEI_MAX_DIGITS,
     IMEI_MIN_DIGITS,
+    REMOTE_ERROR_KINDS,
     GprsMessage,
     RemoteProtocolError,
     decode_udp_datagram,
@@ -106,6 +107,12 @@ class Worker:
             otlp_endpoint=settings.otlp_endpoint or None,
             trace_ratio=settings.trace_ratio,
         )
+        # Exported at zero from the start, so a first event is an increase.
+        for kind in REMOTE_ERROR_KINDS:
+            self.telemetry.decode_errors.add(0, {tm.ATTR_KIND: kind})
+        self.telemetry.sessions_replaced.add(0)
+        self.telemetry.sessions_released.add(0)
+        self.telemetry.bursts.add(0)
         redis_options: dict[str, Any] = {
             "socket_timeout": 10,
             "socket_connect_timeout": 5,

@@ -29,6 +29,7 @@ from trackgate.protocol._connection import (
 )
 from trackgate.protocol._crc import crc16_ibm
 from trackgate.protocol._errors import (
+    REMOTE_ERROR_KINDS,
     BadImei,
     BadPreamble,
     BadUdpDatagram,
@@ -83,6 +84,7 @@ from trackgate.protocol._writers import (
 __all__ = [
     "AVL_CODECS",
     "RECORD_DECODER",
+    "REMOTE_ERROR_KINDS",
     "CODEC_8",
     "CODEC_8E",
     "CODEC_12",

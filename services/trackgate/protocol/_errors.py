@@ -22,6 +22,7 @@ __all__ = [
     "FrameTooLarge",
     "LocalProtocolError",
     "MalformedFrame",
+    "REMOTE_ERROR_KINDS",
     "ProtocolError",
     "RemoteProtocolError",
     "TruncatedFrame",
@@ -135,3 +136,20 @@ class BadUdpDatagram(RemoteProtocolError):
 
     kind = "bad_udp_datagram"
     default_fatal = False
+
+
+#: Every ``kind`` a peer's bad input can be counted under.
+REMOTE_ERROR_KINDS: tuple[str, ...] = tuple(
+    error.kind
+    for error in (
+        BadImei,
+        FrameTooLarge,
+        BadPreamble,
+        CrcMismatch,
+        CountMismatch,
+        UnknownCodec,
+        MalformedFrame,
+        TruncatedFrame,
+        BadUdpDatagram,
+    )
+)

@@ -6,9 +6,10 @@ ingest writes them (one XADD per record, docs/redis-contract.md), runs the
 bridge until every shard is empty and reports jobs/s into the Laravel queue.
 With PHP and Debian's Laravel installed (.ci/install-php.sh) it then lets one
 real ``php artisan queue:work`` drain up to --php-jobs of those jobs and
-reports the worker's jobs/s. Run from the repository root:
+reports the worker's jobs/s:
 
-    .venv/bin/python -m bench.bridge_bench --records 20000
+    .venv/bin/python bench/bridge_bench.py --records 20000
+    .venv/bin/python -m bench.bridge_bench --records 20000   # the same
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.bridge.streams import entry_fields, record
-from tests.support.cluster import redis_cluster
-from tests.support.servers import redis_server, trackgate_env
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from trackgate.bridge import Bridge, BridgeSettings, BridgeStats, build_bridge
-from trackgate.core.keys import Keys
-from trackgate.core.redisconn import sync_client
+from tests.bridge.streams import entry_fields, record  # noqa: E402
+from tests.support.cluster import redis_cluster  # noqa: E402
+from tests.support.servers import redis_server, trackgate_env  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "tests" / "support" / "laravel"
+from trackgate.bridge import Bridge, BridgeSettings, BridgeStats, build_bridge  # noqa: E402
+from trackgate.core.keys import Keys  # noqa: E402
+from trackgate.core.redisconn import sync_client  # noqa: E402
+
+APP = ROOT / "tests" / "support" / "laravel"
 #: XADDs per pipeline while filling: large enough to make the fill quick,
 #: small enough to keep one pipeline's replies in a few MB.
 FILL_CHUNK = 1000

@@ -5,14 +5,17 @@ event loop, one awaited Redis XADD per record, and the ACK after the last
 one. Each entry holds the same fields as trackgate's (the data contract),
 so both store the same records. It decodes with trackgate's protocol
 package, so the comparison measures the serving and storing path, not the
-decoder. Used only by the benchmarks in this folder.
+decoder. Used only by the benchmarks in this folder (bench/ingest_bench.py
+starts it):
+
+    .venv/bin/python bench/naive_server.py PORT REDIS_URL
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
 import time
 
 import redis.asyncio as aioredis
@@ -20,7 +23,7 @@ import redis.asyncio as aioredis
 from trackgate.protocol import AvlPacket, Imei, TcpServerConnection, tcp_ack
 
 
-async def main(port: int, redis_url: str) -> None:
+async def serve(port: int, redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
 
     async def handle(
@@ -67,5 +70,13 @@ async def main(port: int, redis_url: str) -> None:
         await server.serve_forever()
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("port", type=int, help="TCP port to serve on 127.0.0.1")
+    parser.add_argument("redis_url", help="Redis to store the records in")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.redis_url))
+
+
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    main()

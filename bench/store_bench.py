@@ -1,6 +1,6 @@
 """The write path alone: ``RecordStore.write`` against a local redis-server.
 
-    .venv/bin/python bench/store_bench.py
+    .venv/bin/python bench/store_bench.py     # or: python -m bench.store_bench
 
 Starts its own redis-server, then stores 400 packets of 20 Codec 8 records
 (50 devices) one packet per call and 20 packets per call, and prints the
@@ -10,6 +10,7 @@ time per call, records/s and the Redis CPU per stored record (from
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -70,6 +71,8 @@ async def measure(url: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.parse_args()
     with redis_server() as server:
         asyncio.run(measure(server.url))
 

@@ -56,7 +56,17 @@ CASES = [
         {"accept_queue_overflow": Severity.CRITICAL},
         before={"TcpExtListenOverflows": 100, "TcpExtListenDrops": 100},
         after={"TcpExtListenOverflows": 137, "TcpExtListenDrops": 137},
-        says=("overflowed 37 times in 10 s",),
+        says=("overflowed 37 times in 10 s across this network namespace "
+              "(all ports, not only 5027)",),
+    ),
+    Case(
+        "overflows while nothing listens on the port",
+        {"no_listener": Severity.CRITICAL,
+         "accept_queue_overflow": Severity.CRITICAL},
+        before={"TcpExtListenOverflows": 0, "TcpExtListenDrops": 0},
+        after={"TcpExtListenOverflows": 9, "TcpExtListenDrops": 9},
+        listeners=(),
+        says=("nothing listens on port 5027, so this was another port",),
     ),
     Case(
         "listen drops beyond overflows",
@@ -118,7 +128,22 @@ CASES = [
          "listener_backlog_low": Severity.WARNING},
         limits={**HEALTHY_LIMITS, "net.core.somaxconn": 128},
         listeners=(_listener(0, 128),),
-        says=("somaxconn is 128", "capped by net.core.somaxconn"),
+        says=("somaxconn is 128", "capped by net.core.somaxconn",
+              "listeners on port 5027 at it: 0.0.0.0:5027 (limit 128)"),
+    ),
+    Case(
+        "somaxconn lowered under listeners opened before",
+        {"somaxconn_low": Severity.WARNING,
+         "several_listeners": Severity.INFO,
+         "listener_backlog_low": Severity.WARNING},
+        limits={**HEALTHY_LIMITS, "net.core.somaxconn": 32},
+        listeners=(_listener(0, 2048), _listener(0, 2048, "::"),
+                   _listener(0, 16, "127.0.0.1")),
+        says=("every listen() called from now on",
+              "sockets already listening keep the limit they got",
+              "above it until they listen again (a restart): 0.0.0.0:5027 "
+              "(limit 2048), [::]:5027 (limit 2048); below it (their own "
+              "backlog): 127.0.0.1:5027 (limit 16)"),
     ),
     Case(
         "asyncio default backlog",
@@ -225,6 +250,29 @@ def test_findings_come_worst_first() -> None:
 
     assert [f.severity for f in found] == [Severity.CRITICAL, Severity.INFO]
     assert "in 2.0 s" in found[0].message
+
+
+def test_nothing_listening_comes_before_the_namespace_counters() -> None:
+    counters = {"TcpExtListenOverflows": 0, "TcpExtTCPReqQFullDrop": 0}
+    grown = {"TcpExtListenOverflows": 4, "TcpExtTCPReqQFullDrop": 2}
+    before, after = Sample(0.0, counters, None, ()), Sample(1.0, grown, None, ())
+
+    found = findings(before, after, HEALTHY_LIMITS, PORT)
+
+    assert [f.code for f in found] == [
+        "no_listener",
+        "accept_queue_overflow",
+        "syn_queue_drop",
+    ]
+
+
+def test_no_port_checked_counts_all_ports() -> None:
+    before = Sample(0.0, {"TcpExtTCPBacklogDrop": 0}, None, None)
+    after = Sample(1.0, {"TcpExtTCPBacklogDrop": 3}, None, None)
+
+    (found,) = findings(before, after, HEALTHY_LIMITS, None)
+
+    assert "across this network namespace (all ports)" in found.message
 
 
 @pytest.mark.parametrize(

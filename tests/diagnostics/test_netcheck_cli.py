@@ -7,6 +7,7 @@ only on what the test does there.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.diagnostics.netns import sysctl
+
 PORT = 5027
 
 pytestmark = pytest.mark.netns
@@ -23,7 +26,7 @@ pytestmark = pytest.mark.netns
 _LISTENER = """
 import socket, sys, time
 server = socket.socket()
-server.bind(("127.0.0.1", {port}))
+server.bind(("{address}", {port}))
 server.listen({backlog})
 print("ready", flush=True)
 time.sleep(60)
@@ -71,8 +74,9 @@ def _in_netns(netns: str, code: str) -> Iterator[subprocess.Popen[str]]:
 
 
 @contextmanager
-def _listener(netns: str, backlog: int) -> Iterator[None]:
-    with _in_netns(netns, _LISTENER.format(port=PORT, backlog=backlog)) as process:
+def _listener(netns: str, backlog: int, address: str = "127.0.0.1") -> Iterator[None]:
+    code = _LISTENER.format(address=address, port=PORT, backlog=backlog)
+    with _in_netns(netns, code) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
         yield
@@ -160,3 +164,72 @@ def test_bad_interval_is_a_usage_error(netns: str) -> None:
     result = _netcheck(netns, "--seconds", "-2")
 
     assert result.returncode == 2
+
+
+def test_lowered_somaxconn_names_the_listeners_it_does_not_cap_yet(
+    netns: str,
+) -> None:
+    with _listener(netns, backlog=2048):
+        sysctl(netns, "net.core.somaxconn", 32)
+        with _listener(netns, backlog=4096, address="127.0.0.2"):
+            result = _netcheck(netns, "--json", "--seconds", "0")
+
+    report = json.loads(result.stdout)
+    limits = {row["address"]: row["backlog_limit"] for row in report["listeners"]}
+    assert limits == {"127.0.0.1": 2048, "127.0.0.2": 32}
+    (somaxconn,) = [f for f in report["findings"] if f["code"] == "somaxconn_low"]
+    assert somaxconn["message"] == (
+        "somaxconn is 32: every listen() called from now on in this network "
+        "namespace gets a backlog of at most 32; sockets already listening keep "
+        f"the limit they got; listeners on port {PORT} above it until they listen "
+        f"again (a restart): 127.0.0.1:{PORT} (limit 2048); at it: "
+        f"127.0.0.2:{PORT} (limit 32)"
+    )
+    (low,) = [f for f in report["findings"] if f["code"] == "listener_backlog_low"]
+    assert low["message"].startswith(f"listener 127.0.0.2:{PORT} has a backlog")
+
+
+def test_overflows_on_another_port_are_not_put_on_this_one(netns: str) -> None:
+    with (
+        _listener(netns, backlog=2),
+        _in_netns(netns, _STORM.format(port=PORT, seconds=4)),
+    ):
+        as_json = _netcheck(netns, "--json", "--seconds", "1", "--port", "7028")
+        as_table = _netcheck(netns, "--seconds", "0.5", "--port", "7028")
+
+    assert as_json.returncode == 1, as_json.stderr
+    report = json.loads(as_json.stdout)
+    first, *rest = report["findings"]
+    assert first["code"] == "no_listener"
+    assert first["message"] == (
+        "nothing listens on TCP port 7028 in this network namespace"
+    )
+    (overflow,) = [f for f in rest if f["code"] == "accept_queue_overflow"]
+    assert (
+        "across this network namespace (all ports, not only 7028); nothing "
+        "listens on port 7028, so this was another port" in overflow["message"]
+    )
+    assert "Listeners: nothing listens on port 7028." in as_table.stdout
+    assert "Counters (this network namespace, all ports)" in as_table.stdout
+
+
+def _into_closed_pipe(netns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """netcheck with a stdout whose reader has gone, as under ``| head -0``."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    command = ["ip", "netns", "exec", netns, *_trackgate(), "netcheck", *args]
+    try:
+        return subprocess.run(
+            command, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_a_reader_that_goes_away_leaves_the_exit_status_alone(netns: str) -> None:
+    with _listener(netns, backlog=4096):
+        healthy = _into_closed_pipe(netns, "--seconds", "0")
+    unserved = _into_closed_pipe(netns, "--seconds", "0", "--json")
+
+    assert (healthy.returncode, healthy.stderr) == (0, "")
+    assert (unserved.returncode, unserved.stderr) == (1, "")

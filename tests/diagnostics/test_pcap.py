@@ -3,12 +3,18 @@
 The capture is made once per module by ``traffic.record_session`` (tcpdump
 on lo, a tiny gateway, devices sending public vectors). Variants of it
 (segments reordered and duplicated, pcapng, cut at the start or the end)
-are written from the captured packets with dpkt's writers.
+are written from the captured packets with dpkt's writers. Two more real
+captures: the same session with a snap length of 80 bytes, and a
+redis-server's port, which carries no Teltonika traffic at all.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +22,7 @@ from typing import Any
 
 import dpkt
 import pytest
+import redis
 
 from tests.diagnostics.traffic import (
     DEVICE_A,
@@ -24,9 +31,11 @@ from tests.diagnostics.traffic import (
     FRESH_RECORD_AGE_S,
     Session,
     record_session,
+    tcpdump,
     tcpdump_unavailable,
+    vectors,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_port, redis_server
 from trackgate.diagnostics import CaptureError
 from trackgate.diagnostics.pcap import SLOW_HANDSHAKE_SECONDS, analyse_capture
 
@@ -432,3 +441,249 @@ def test_an_address_row_names_a_few_imeis_and_counts_the_rest() -> None:
     assert _imeis(names[:3]) == " ".join(names[:3])
     assert _imeis(names) == " ".join(names[:3]) + " (+2 more, see --json)"
     assert _imeis([]) == "-"
+
+
+# Captures that are not what they seem ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A real capture of a redis-server's port: three clients, 20 SETs and
+    20 GETs each; every reply of 4 bytes or more looks like an ACK."""
+    reason = tcpdump_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    path = tmp_path_factory.mktemp("redis") / "redis.pcap"
+    with redis_server() as server, tcpdump(path, server.port):
+        for client_number in range(3):
+            client = redis.Redis.from_url(server.url)
+            for n in range(20):
+                client.set(f"key:{client_number}:{n}", "value")
+                client.get(f"key:{client_number}:{n}")
+            client.close()
+    return path, server.port
+
+
+def test_a_capture_of_another_service_says_so_and_counts_no_acks(
+    redis_capture: tuple[Path, int],
+) -> None:
+    path, port = redis_capture
+
+    other = analyse_capture(path, port)
+
+    totals = other["totals"]
+    assert (totals["server_acks"], totals["packets"], totals["devices"]) == (0, 0, 0)
+    assert totals["connections"] == totals["connections_not_teltonika"] == 3
+    assert other["warnings"] == [
+        f"3 connections on port {port} carried no Teltonika traffic: "
+        "is this the gateway port?"
+    ]
+    for conn in other["connections"]:
+        assert conn["not_teltonika"] is True
+        assert conn["client_bytes"] > 0
+        assert (conn["server_acks"], conn["imei_reply"]) == (0, None)
+
+
+def test_cli_warns_about_a_capture_of_another_service(
+    redis_capture: tuple[Path, int],
+) -> None:
+    path, port = redis_capture
+
+    outcome = _trackgate("pcap", str(path), "--port", str(port))
+
+    assert outcome.returncode == 0, outcome.stderr
+    lines = outcome.stdout.splitlines()
+    assert lines[1] == (
+        f"  warning: 3 connections on port {port} carried no Teltonika traffic: "
+        "is this the gateway port?"
+    )
+    assert "  0 server ACKs; 0 packets never acknowledged, 0 acknowledged short" in (
+        lines
+    )
+
+
+def test_the_gateway_capture_has_no_warnings(result: dict[str, Any]) -> None:
+    assert result["warnings"] == []
+    assert result["totals"]["connections_not_teltonika"] == 0
+    assert result["capture"]["cut_by_snaplen"] == 0
+
+
+@pytest.fixture(scope="module")
+def snapped(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """The gateway session captured with ``tcpdump -s 80``: 14 bytes of TCP
+    payload and 38 of UDP payload survive on lo."""
+    reason = tcpdump_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    path = tmp_path_factory.mktemp("snapped") / "gateway.pcap"
+    return record_session(path, free_port(), snaplen=80)
+
+
+def test_packets_cut_by_the_snap_length_are_not_protocol_errors(
+    snapped: Session,
+) -> None:
+    cut = analyse_capture(snapped.path, snapped.port)
+
+    # Device C's two datagrams are cut; the gateway's 7-byte reply to the
+    # good one is whole and still finds it by its AVL packet id.
+    row = _address(cut, DEVICE_C)
+    assert (row["udp_datagrams"], row["udp_unanswered"], row["udp_errors"]) == (
+        2,
+        1,
+        0,
+    )
+    assert cut["udp_errors"] == {}
+    assert cut["totals"]["udp_cut_short"] == 2
+    assert row["imeis"] == [snapped.udp_imei]
+    # Device A's logins and packets are cut too: nothing decodes, but that
+    # is not the sign of another service on the port.
+    assert cut["totals"]["protocol_errors"] == 0
+    assert cut["totals"]["connections_not_teltonika"] == 0
+    count = cut["capture"]["cut_by_snaplen"]
+    assert count >= 2 + 4  # two datagrams, device A's login and four packets
+    assert cut["warnings"] == [
+        f"{count} packets cut short by the capture's snap length: capture with -s 0"
+    ]
+
+
+def test_cli_names_the_snap_length(snapped: Session) -> None:
+    outcome = _trackgate("pcap", str(snapped.path), "--port", str(snapped.port))
+
+    assert outcome.returncode == 0, outcome.stderr
+    assert "cut short by the capture's snap length: capture with -s 0" in (
+        outcome.stdout
+    )
+    assert "2 UDP datagrams, 1 without a reply, 2 cut short by the snap length" in (
+        outcome.stdout
+    )
+
+
+def test_an_ipv6_datagram_cut_short_still_meets_its_reply(tmp_path: Path) -> None:
+    good = vectors()["wiki-codec8-udp-ex1"]
+    datagram = bytes.fromhex(good["hex"])
+    reply = bytes.fromhex(good["expected"]["server_ack_hex"])
+    device, server = socket.inet_pton(socket.AF_INET6, "fd00::2"), bytes(15) + b"\1"
+
+    def frame(src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> bytes:
+        udp = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
+        udp.ulen = len(udp)
+        ip = dpkt.ip6.IP6(src=src, dst=dst, nxt=17, hlim=64, data=udp)
+        ip.plen = len(udp)
+        return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP6, data=ip))
+
+    sent = frame(device, server, 40000, 5027, datagram)
+    packets = [
+        (1.0, sent[:100]),  # what tcpdump -s 100 keeps: IMEI and a few bytes
+        (1.1, frame(server, device, 5027, 40000, reply)),
+    ]
+
+    cut = analyse_capture(_write_pcap(tmp_path / "v6.pcap", packets), 5027)
+
+    assert cut["capture"]["cut_by_snaplen"] == 1
+    assert (cut["totals"]["udp_unanswered"], cut["udp_errors"]) == (0, {})
+    assert cut["addresses"][0]["imeis"] == [good["expected"]["imei"]]
+
+
+def test_a_torn_pcapng_says_why_it_is_truncated(
+    session: Session, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    whole = tmp_path / "gateway.pcapng"
+    with whole.open("wb") as handle:
+        writer = dpkt.pcapng.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
+        for ts, buf in _packets(session.path):
+            writer.writepkt(buf, ts)
+    torn = tmp_path / "torn.pcapng"
+    torn.write_bytes(whole.read_bytes()[:-10])  # what head -c leaves
+
+    with caplog.at_level(logging.WARNING, logger="trackgate.diagnostics.pcap"):
+        partial = analyse_capture(torn, session.port)
+
+    assert partial["capture"]["truncated"] is True
+    (record,) = caplog.records
+    packets = len(_packets(session.path)) - 1
+    assert record.getMessage() == (
+        f"capture ends with a truncated record after {packets} whole packets: "
+        "the file ends 10 bytes before the end of that record (tcpdump stopped "
+        "while writing, or the file was cut)"
+    )
+
+
+def test_a_capture_with_no_packets_prints_no_duration(tmp_path: Path) -> None:
+    empty = _write_pcap(tmp_path / "empty.pcap", [])
+
+    as_json = _trackgate("pcap", str(empty), "--json")
+    as_table = _trackgate("pcap", str(empty))
+
+    assert as_table.returncode == 0, as_table.stderr
+    assert as_table.stdout.splitlines() == [
+        f"{empty} (pcap): 0 packets",
+        "  warning: the capture holds no packets",
+    ]
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["capture"]["duration_seconds"] is None
+    assert report["warnings"] == ["the capture holds no packets"]
+
+
+def test_a_capture_of_other_ports_says_so(session: Session) -> None:
+    other = analyse_capture(session.path, session.port + 1)
+
+    assert other["warnings"] == [
+        f"none of the {other['capture']['packets']} packets is on port "
+        f"{session.port + 1}: is this the gateway port (--port)?"
+    ]
+
+
+def _into_closed_pipe(*command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with a stdout whose reader has gone (``| head -0``)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            list(command),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "COLUMNS": "160"},
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("options", [(), ("--json",)], ids=["tables", "json"])
+def test_cli_stops_quietly_when_the_reader_goes_away(
+    session: Session, options: tuple[str, ...]
+) -> None:
+    script = str(Path(sys.executable).with_name("trackgate"))
+
+    outcome = _into_closed_pipe(
+        script, "pcap", str(session.path), "--port", str(session.port), *options
+    )
+
+    assert (outcome.returncode, outcome.stderr) == (0, "")
+
+
+def test_datagrams_of_another_service_say_so(tmp_path: Path) -> None:
+    def frame(sport: int, dport: int, data: bytes) -> bytes:
+        udp = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
+        udp.ulen = len(udp)
+        ip = dpkt.ip.IP(src=bytes([127, 0, 0, 5]), dst=bytes([127, 0, 0, 1]), p=17)
+        ip.data = udp
+        ip.len = len(ip)
+        return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
+
+    # Three DNS-like queries to the port, and their answers.
+    packets = [
+        (float(n), frame(40000 + n, 5353, b"\x12\x34\x01\x00" + bytes(30)))
+        for n in range(3)
+    ] + [(9.0, frame(5353, 40000, b"\x12\x34\x81\x80" + bytes(30)))]
+
+    other = analyse_capture(_write_pcap(tmp_path / "dns.pcap", packets), 5353)
+
+    assert other["warnings"] == [
+        "3 UDP datagrams on port 5353 carried no Teltonika traffic: "
+        "is this the gateway port?"
+    ]

@@ -608,6 +608,34 @@ def test_a_frame_cut_by_the_end_of_the_capture_is_left_undecoded(
     assert (conn["capture_gaps"], conn["skipped_bytes"]) == (0, 0)
 
 
+def test_acks_are_only_counted_on_connections_that_spoke_teltonika(
+    tmp_path: Path,
+) -> None:
+    device = _logged_in()
+    sent = [_send_acked(device, v) for v in ("traccar-c8-23", "traccar-c8e-11")]
+    device.close()
+    # An HTTP health check on the same port: its answer is 4-byte chunks too.
+    probe = Conversation(client_port=40002)
+    probe.handshake()
+    probe.send(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    probe.reply(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    probe.close()
+    both = Conversation(frames=sorted(device.frames + probe.frames))
+
+    result = analyse_capture(both.write(tmp_path / "mixed.pcap"), PORT)
+
+    teltonika, other = result["connections"]
+    assert (teltonika["server_acks"], teltonika["not_teltonika"]) == (len(sent), False)
+    assert (other["server_acks"], other["not_teltonika"]) == (0, True)
+    assert other["imei_reply"] is None
+    assert result["totals"]["server_acks"] == len(sent)
+    assert result["totals"]["connections_not_teltonika"] == 1
+    assert result["warnings"] == [
+        f"1 of 2 connections on port {PORT} carried no Teltonika traffic: another "
+        "kind of client, or too little of them was captured"
+    ]
+
+
 def _trackgate(*args: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("trackgate")
     return subprocess.run(

@@ -57,8 +57,11 @@ def tcpdump_unavailable() -> str | None:
 
 
 @contextmanager
-def tcpdump(path: Path, port: int, interface: str = "lo") -> Iterator[None]:
-    """Capture ``port`` on ``interface`` into ``path`` while the block runs."""
+def tcpdump(
+    path: Path, port: int, interface: str = "lo", snaplen: int = 0
+) -> Iterator[None]:
+    """Capture ``port`` on ``interface`` into ``path`` while the block runs;
+    ``snaplen`` bytes of each packet (0: all of it)."""
     process = subprocess.Popen(
         [
             "tcpdump",
@@ -67,6 +70,8 @@ def tcpdump(path: Path, port: int, interface: str = "lo") -> Iterator[None]:
             "-n",
             "-U",
             "--immediate-mode",
+            "-s",
+            str(snaplen),
             "-Z",
             "root",
             "-w",
@@ -201,8 +206,9 @@ def _fresh_packet() -> bytes:
     return encode_avl_packet(8, records)
 
 
-def record_session(path: Path, port: int) -> Session:
-    """Run the whole scenario under tcpdump and return what was sent."""
+def record_session(path: Path, port: int, snaplen: int = 0) -> Session:
+    """Run the whole scenario under tcpdump (keeping ``snaplen`` bytes of each
+    packet, 0 for all) and return what was sent."""
     corpus = vectors()
     imei_frame = bytes.fromhex(corpus["doc-imei-tcp-1"]["hex"])
     first = corpus["wiki-codec8-tcp-ex1"]
@@ -217,7 +223,7 @@ def record_session(path: Path, port: int) -> Session:
     )
     gateway = TinyGateway(port)
     try:
-        with tcpdump(path, port):
+        with tcpdump(path, port, snaplen=snaplen):
             _play(gateway, session, imei_frame, first, second, udp_good, udp_bad)
     finally:
         gateway.close()

@@ -8,7 +8,8 @@ this module only prints them.
 
 Exit status: 0 nothing at warning level or worse, 1 at least one warning or
 critical finding (``status`` in the JSON tells which), 2 bad usage, 3 the
-kernel counters could not be read.
+kernel counters could not be read. A reader of stdout that stops early (as
+``| head`` does) leaves the status as it was.
 """
 
 from __future__ import annotations
@@ -65,14 +66,16 @@ def netcheck(
         typer.echo(f"cannot read kernel counters: {exc}", err=True)
         raise typer.Exit(EXIT_UNREADABLE) from exc
 
-    if json_output:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        from trackgate.cli._console import report_console
+    from trackgate.cli._console import closed_stdout_exits, report_console
 
-        render(report, report_console())
-    if report["status"] != "ok":
-        raise typer.Exit(EXIT_FINDINGS)
+    code = 0 if report["status"] == "ok" else EXIT_FINDINGS
+    with closed_stdout_exits(code):
+        if json_output:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            render(report, report_console())
+    if code:
+        raise typer.Exit(code)
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -83,7 +86,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         f"[{_status_style(report['status'])}]{report['status'].upper()}[/]"
     )
     _render_findings(report["findings"], console)
-    _render_listeners(report["listeners"], console)
+    _render_listeners(report["listeners"], report["port"], console)
     _render_counters(report["counters"], report["interval_seconds"], console)
     _render_conntrack(report["conntrack"], console)
     _render_limits(report["limits"], console)
@@ -111,11 +114,16 @@ def _render_findings(found: list[dict[str, str]], console: Console) -> None:
     console.print(table)
 
 
-def _render_listeners(rows: list[dict[str, Any]] | None, console: Console) -> None:
+def _render_listeners(
+    rows: list[dict[str, Any]] | None, port: int | None, console: Console
+) -> None:
     from rich.table import Table
 
     if rows is None:
         console.print("[yellow]Listening sockets could not be read.[/]")
+        return
+    if not rows:
+        console.print(f"[bold red]Listeners: nothing listens on port {port}.[/]")
         return
     table = Table(title="Listeners", title_justify="left")
     for column in ("address", "port", "accept queue", "limit", "inode", "via"):
@@ -141,7 +149,9 @@ def _render_counters(
 ) -> None:
     from rich.table import Table
 
-    table = Table(title="Counters (this network namespace)", title_justify="left")
+    table = Table(
+        title="Counters (this network namespace, all ports)", title_justify="left"
+    )
     table.add_column("counter")
     table.add_column("total", justify="right")
     table.add_column(f"delta in {seconds} s", justify="right")

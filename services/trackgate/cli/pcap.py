@@ -1,8 +1,9 @@
 """``trackgate pcap FILE``: what did each device go through, according to tcpdump?
 
 Analysis is ``trackgate.diagnostics.pcap``; this module prints its result as
-tables or JSON. Exit status: 0 the capture was analysed, 2 bad usage, 3 the
-file is not a readable pcap/pcapng capture.
+tables or JSON. Exit status: 0 the capture was analysed (also when the reader
+of stdout stops early, as ``| head`` does), 2 bad usage, 3 the file is not a
+readable pcap/pcapng capture.
 """
 
 from __future__ import annotations
@@ -48,28 +49,39 @@ def pcap(
         typer.echo(f"cannot analyse capture: {exc}", err=True)
         raise typer.Exit(EXIT_UNREADABLE) from exc
 
-    if json_output:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    from trackgate.cli._console import report_console
+    from trackgate.cli._console import closed_stdout_exits, report_console
 
-    render(result, report_console())
+    with closed_stdout_exits(0):
+        if json_output:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            render(result, report_console())
 
 
 def render(result: dict[str, Any], console: Console) -> None:
     """Print the analysis for a person: summary, addresses, devices."""
     capture, totals = result["capture"], result["totals"]
-    console.print(
-        f"[bold]{capture['file']}[/] ({capture['format']}): "
-        f"{capture['packets']} packets, {capture['packets_on_port']} on port "
-        f"{result['port']}, {capture['duration_seconds']} s"
-        + (" [yellow](truncated at the end)[/]" if capture["truncated"] else "")
-    )
+    console.print(_header(capture, result["port"]))
+    for warning in result["warnings"]:
+        console.print(f"  [bold yellow]warning:[/] [yellow]{warning}[/]")
+    if not capture["packets"]:
+        return
     for line in _summary(totals):
         console.print(f"  {line}")
     _render_addresses(result["addresses"], console)
     _render_devices(result["devices"], console)
     _render_gaps(result["connections"], console)
+
+
+def _header(capture: dict[str, Any], port: int) -> str:
+    line = f"[bold]{capture['file']}[/] ({capture['format']}): "
+    line += f"{capture['packets']} packets"
+    if capture["packets"]:
+        seconds = f"{capture['duration_seconds']:.6f}".rstrip("0").rstrip(".")
+        line += f", {capture['packets_on_port']} on port {port}, {seconds} s"
+    if capture["truncated"]:
+        line += " [yellow](truncated at the end)[/]"
+    return line
 
 
 def _summary(totals: dict[str, Any]) -> list[str]:
@@ -88,7 +100,12 @@ def _summary(totals: dict[str, Any]) -> list[str]:
             else ""
         ),
         f"{totals['udp_datagrams']} UDP datagrams, {totals['udp_unanswered']} "
-        "without a reply",
+        "without a reply"
+        + (
+            f", {totals['udp_cut_short']} cut short by the snap length"
+            if totals["udp_cut_short"]
+            else ""
+        ),
     ]
     if totals["capture_gaps"] or totals["resyncs"] or totals["skipped_bytes"]:
         lines.append(

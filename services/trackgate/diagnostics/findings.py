@@ -74,6 +74,20 @@ class _Context:
         seconds = self.seconds
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
+    @property
+    def scope(self) -> str:
+        """Where a MIB counter counts: the whole namespace, never one port."""
+        if self.port is None:
+            return "across this network namespace (all ports)"
+        return f"across this network namespace (all ports, not only {self.port})"
+
+    @property
+    def elsewhere(self) -> str:
+        """A note for listener counters when nothing listens on the port."""
+        if self.port is None or self.after.listeners != ():
+            return ""
+        return f"; nothing listens on port {self.port}, so this was another port"
+
     def delta(self, name: str) -> int:
         return counter_delta(self.before.netstat, self.after.netstat, name)
 
@@ -123,6 +137,24 @@ def overall_status(found: list[Finding]) -> str:
     return str(worst.severity)
 
 
+# The gateway port -----------------------------------------------------------
+
+
+@_rule
+def _no_listener(ctx: _Context) -> Iterator[Finding]:
+    # Registered first: among critical findings it is the one to read first,
+    # since the namespace-wide counters below cannot come from this port.
+    if ctx.port is None or ctx.after.listeners != ():
+        return
+    yield Finding(
+        "no_listener",
+        Severity.CRITICAL,
+        f"nothing listens on TCP port {ctx.port} in this network namespace",
+        "start the gateway, check --port, or run netcheck inside the pod's "
+        "namespace (kubectl exec, ip netns exec, nsenter -n)",
+    )
+
+
 # Accept queue and SYN queue -------------------------------------------------
 
 
@@ -133,9 +165,10 @@ def _accept_queue_overflow(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "accept_queue_overflow",
             Severity.CRITICAL,
-            f"accept queue overflowed {overflows} times in {ctx.span}: the kernel "
-            "dropped SYNs (or ignored handshake ACKs) without any reply, so "
-            "devices wait 1 s, 3 s, 7 s... before retrying",
+            f"accept queue overflowed {overflows} times in {ctx.span} {ctx.scope}"
+            f"{ctx.elsewhere}: the kernel dropped SYNs (or ignored handshake "
+            "ACKs) without any reply, so devices wait 1 s, 3 s, 7 s... before "
+            "retrying",
             "raise the listen backlog (the backlog passed to listen() and "
             "net.core.somaxconn in this namespace) or accept faster (more "
             "workers with SO_REUSEPORT)",
@@ -146,7 +179,8 @@ def _accept_queue_overflow(ctx: _Context) -> Iterator[Finding]:
             "listen_drops_other",
             Severity.WARNING,
             f"{other_drops} connection attempts were dropped at a listener in "
-            f"{ctx.span} for reasons other than a full accept queue",
+            f"{ctx.span} {ctx.scope} for reasons other than a full accept "
+            f"queue{ctx.elsewhere}",
             "look for memory pressure or a listener closing while connections "
             "were arriving",
         )
@@ -159,8 +193,8 @@ def _syn_queue(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "syn_queue_drop",
             Severity.CRITICAL,
-            f"SYN queue full: {dropped} SYNs dropped in {ctx.span} (SYN cookies "
-            "are off)",
+            f"SYN queue full: {dropped} SYNs dropped in {ctx.span} {ctx.scope} "
+            f"(SYN cookies are off){ctx.elsewhere}",
             "set net.ipv4.tcp_syncookies=1 and raise the listen backlog, "
             "which also bounds the SYN queue",
         )
@@ -171,8 +205,9 @@ def _syn_queue(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "syn_cookies_sent",
             Severity.WARNING,
-            f"SYN cookies were sent {cookies} times in {ctx.span}: the SYN queue "
-            "overflowed and the kernel fell back to cookies",
+            f"SYN cookies were sent {cookies} times in {ctx.span} {ctx.scope}: "
+            f"the SYN queue overflowed and the kernel fell back to "
+            f"cookies{ctx.elsewhere}",
             "raise the listen backlog; cookies under normal load mean the "
             "listener is undersized, and they drop TCP options",
         )
@@ -181,7 +216,7 @@ def _syn_queue(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "syn_cookies_failed",
             Severity.INFO,
-            f"{failed} ACKs carried an invalid SYN cookie in {ctx.span}",
+            f"{failed} ACKs carried an invalid SYN cookie in {ctx.span} {ctx.scope}",
             "usually late ACKs after a burst, or port scans; no action unless "
             "it grows with device complaints",
         )
@@ -194,8 +229,9 @@ def _handshake_retransmits(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "syn_retransmits",
             Severity.INFO,
-            f"this namespace retransmitted {retransmits} SYNs or SYN-ACKs in "
-            f"{ctx.span}: handshakes it started or answered had to be repeated",
+            f"{retransmits} SYNs or SYN-ACKs were retransmitted in {ctx.span} "
+            f"{ctx.scope}: handshakes this namespace started or answered had to "
+            "be repeated",
             "SYN-ACKs are sent again when a full accept queue ignored the final "
             "ACK (see accept_queue_overflow) or the path lost it; devices' own "
             "SYN retries show only in a capture (trackgate pcap)",
@@ -209,9 +245,9 @@ def _socket_backlog_drop(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "socket_backlog_drop",
             Severity.WARNING,
-            f"{dropped} segments dropped in {ctx.span} because an established "
-            "socket's own backlog was full while the application held the "
-            "socket lock; this is receive pressure, not the accept queue",
+            f"{dropped} segments dropped in {ctx.span} {ctx.scope} because an "
+            "established socket's own backlog was full while the application "
+            "held the socket lock; this is receive pressure, not the accept queue",
             "the reading side is too slow or receive buffers too small: check "
             "event-loop lag and net.ipv4.tcp_rmem",
         )
@@ -224,8 +260,8 @@ def _udp_drops(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "udp_receive_buffer_drop",
             Severity.WARNING,
-            f"{dropped} UDP datagrams dropped in {ctx.span}: a socket receive "
-            "buffer was full",
+            f"{dropped} UDP datagrams dropped in {ctx.span} {ctx.scope}: a "
+            "socket receive buffer was full",
             "read datagrams faster or raise SO_RCVBUF (bounded by net.core.rmem_max)",
         )
 
@@ -240,10 +276,13 @@ def _kernel_limits(ctx: _Context) -> Iterator[Finding]:
         yield Finding(
             "somaxconn_low",
             Severity.WARNING,
-            f"somaxconn is {somaxconn}: the listen backlog of every socket in "
-            f"this network namespace is capped at {somaxconn}",
+            f"somaxconn is {somaxconn}: every listen() called from now on in "
+            f"this network namespace gets a backlog of at most {somaxconn}; "
+            "sockets already listening keep the limit they got"
+            + _against_somaxconn(ctx, somaxconn),
             "raise net.core.somaxconn for this namespace (pod "
-            "securityContext.sysctls; a node value does not reach a pod)",
+            "securityContext.sysctls; a node value does not reach a pod), then "
+            "restart the gateway so its listeners get the new limit",
         )
     syncookies = ctx.limits.get("net.ipv4.tcp_syncookies")
     if syncookies == 0:
@@ -271,22 +310,45 @@ def _kernel_limits(ctx: _Context) -> Iterator[Finding]:
         )
 
 
+_AGAINST_SOMAXCONN = {
+    1: "above it until they listen again (a restart)",
+    0: "at it",
+    -1: "below it (their own backlog)",
+}
+
+
+def _against_somaxconn(ctx: _Context, somaxconn: int) -> str:
+    """Where the listeners already open stand against a lowered somaxconn."""
+    groups: dict[int, list[str]] = {}
+    for row in ctx.after.listeners or ():
+        limit = row.backlog_limit
+        if limit is not None:
+            side = (limit > somaxconn) - (limit < somaxconn)
+            groups.setdefault(side, []).append(f"{_where(row)} (limit {limit})")
+    if not groups:
+        return ""
+    parts = [
+        f"{_AGAINST_SOMAXCONN[side]}: {', '.join(groups[side])}"
+        for side in (1, 0, -1)
+        if side in groups
+    ]
+    where = "" if ctx.port is None else f" on port {ctx.port}"
+    return f"; listeners{where} " + "; ".join(parts)
+
+
+def _where(row: Listener) -> str:
+    if row.family == "ipv6":
+        return f"[{row.address}]:{row.port}"
+    return f"{row.address}:{row.port}"
+
+
 # Listeners on the gateway port ---------------------------------------------
 
 
 @_rule
 def _listeners(ctx: _Context) -> Iterator[Finding]:
     rows = ctx.after.listeners
-    if ctx.port is None or rows is None:
-        return
-    if not rows:
-        yield Finding(
-            "no_listener",
-            Severity.CRITICAL,
-            f"nothing listens on TCP port {ctx.port} in this network namespace",
-            "start the gateway, or run netcheck inside the pod's namespace "
-            "(kubectl exec, ip netns exec, nsenter -n)",
-        )
+    if ctx.port is None or not rows:
         return
     if len(rows) > 1:
         yield Finding(
@@ -305,11 +367,7 @@ def _listener_findings(row: Listener, somaxconn: int | None) -> Iterator[Finding
     limit, queue = row.backlog_limit, row.queue_len
     if limit is None:
         return
-    where = (
-        f"[{row.address}]:{row.port}"
-        if row.family == "ipv6"
-        else (f"{row.address}:{row.port}")
-    )
+    where = _where(row)
     if queue > limit:
         yield Finding(
             "accept_queue_full",

@@ -19,7 +19,10 @@ reports, per client address and per IMEI:
   packets in order, so packets never acknowledged stand out;
 * record lag: capture time of the packet minus the device's record time;
 * UDP datagrams decoded with :func:`trackgate.protocol.decode_udp_datagram`
-  and matched to the server's replies by AVL packet id.
+  and matched to the server's replies by AVL packet id;
+* warnings about the capture itself: no packets, none on the port, packets
+  cut short by the snap length, connections that carried no Teltonika
+  traffic at all (a capture of another port's service).
 
 It reads a file and computes; it captures nothing and prints nothing. Known
 limits (IP fragments, mixed link types in one pcapng) are in
@@ -47,6 +50,7 @@ from trackgate.protocol import (
     AVL_CODECS,
     GPRS_CODECS,
     IMEI_MAX_DIGITS,
+    IMEI_MIN_DIGITS,
     AvlPacket,
     Event,
     GprsMessage,
@@ -86,6 +90,10 @@ _IMEI_REPLY_SIZE = 1
 _TCP_ACK = struct.Struct(">I")
 _UDP_ACK = struct.Struct(">HHBBB")  # length 5, packet id, 01, AVL packet id, count
 _UDP_ACK_LENGTH = 5
+# length, packet id, not usable byte, AVL packet id, IMEI length: the head of
+# a device datagram, enough to match a reply when the rest was not captured.
+_UDP_HEAD = struct.Struct(">HHBBH")
+_IPV6_HEADER = 40  # fixed header, not counted in the IPv6 payload length
 _GPRS_COMMAND_CODECS = frozenset({12, 14})
 _COMMAND_HEAD = struct.Struct(">II")  # zero preamble, data length
 _COMMAND_ENVELOPE = 12  # preamble + length + CRC around the data field
@@ -133,7 +141,7 @@ def analyse_capture(path: str | Path, port: int = DEFAULT_PORT) -> dict[str, Any
                 raise CaptureError(
                     f"{path}: link type {analysis.link_type} carries no IP we can read"
                 )
-            analysis.feed(_read_packets(reader, analysis))
+            analysis.feed(_read_packets(reader, analysis, handle))
             analysis.finish()
             analysis.truncated = analysis.truncated or handle.torn
     except OSError as exc:
@@ -152,29 +160,48 @@ class _TearWatch:
         self._raw = raw
         self.name = raw.name
         self.torn = False
+        self.missing = 0  # bytes the torn read lacked
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
         if size > 0 and 0 < len(data) < size:
             self.torn = True
+            self.missing = size - len(data)
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         self.torn = False
+        self.missing = 0
         return self._raw.seek(offset, whence)
 
     def tell(self) -> int:
         return self._raw.tell()
 
 
-def _read_packets(reader: Any, analysis: _Analysis) -> Iterator[tuple[float, bytes]]:
+def _read_packets(
+    reader: Any, analysis: _Analysis, handle: _TearWatch
+) -> Iterator[tuple[float, bytes]]:
     try:
         for timestamp, buf in reader:
             yield float(timestamp), bytes(buf)
     except (dpkt.NeedData, dpkt.UnpackError, struct.error, ValueError) as exc:
         # tcpdump killed mid-write leaves a torn last record: keep the rest.
-        log.warning("capture ends with a truncated record: %s", exc)
+        log.warning(
+            "capture ends with a truncated record after %d whole packets: %s",
+            analysis.packets,
+            _tear_reason(exc, handle),
+        )
         analysis.truncated = True
+
+
+def _tear_reason(exc: Exception, handle: _TearWatch) -> str:
+    if handle.torn:
+        return (
+            f"the file ends {handle.missing} bytes before the end of that record "
+            "(tcpdump stopped while writing, or the file was cut)"
+        )
+    # dpkt raises NeedData without a message.
+    return str(exc) or "the record is shorter than its header says"
 
 
 # Reassembly -----------------------------------------------------------------
@@ -617,6 +644,26 @@ class _Flow:
     commands: int = 0
     messages: int = 0
     keepalives: int = 0
+    client_bytes: int = 0  # client payload bytes in the capture
+    cut_segments: int = 0  # segments the snap length cut short
+
+    @property
+    def teltonika(self) -> bool:
+        """The client sent something that decoded as Teltonika."""
+        return bool(
+            self.imei is not None or self.packets or self.messages or self.keepalives
+        )
+
+    @property
+    def other_traffic(self) -> bool:
+        """Client bytes were captured whole, and none decoded as Teltonika."""
+        return bool(self.client_bytes and not self.cut_segments and not self.teltonika)
+
+    @property
+    def server_acks(self) -> int:
+        # Every 4 server bytes read as an ACK; on a connection whose client
+        # never spoke Teltonika they answer something else.
+        return 0 if self.other_traffic else self.acks
 
     @property
     def handshake_seconds(self) -> float | None:
@@ -645,6 +692,11 @@ class _Datagram:
     records: int
     seen_at: float
     replied_at: float | None = None
+    cut_short: bool = False  # the snap length left part of it out
+
+    @property
+    def decoded(self) -> bool:
+        return self.imei is not None and not self.cut_short
 
 
 @dataclass
@@ -679,6 +731,7 @@ class _Analysis:
         self.udp_errors_by_address: Counter[str] = Counter()
         self.devices: dict[str, _Device] = {}
         self.undecodable_link = 0
+        self.cut_by_snaplen = 0  # packets on the port the snap length cut short
 
     # Packet dispatch ----------------------------------------------------------
 
@@ -691,11 +744,11 @@ class _Analysis:
             ip = self._ip_layer(buf)
             if ip is None:
                 continue
-            transport = ip.data
+            transport, cut = ip.data, _snaplen_cut(ip)
             if isinstance(transport, dpkt.tcp.TCP):
-                self._tcp(timestamp, ip, transport)
+                self._tcp(timestamp, ip, transport, cut)
             elif isinstance(transport, dpkt.udp.UDP):
-                self._udp(timestamp, ip, transport)
+                self._udp(timestamp, ip, transport, cut)
 
     def _ip_layer(self, buf: bytes) -> Any:
         link = self.link_type
@@ -719,7 +772,7 @@ class _Analysis:
 
     # TCP ----------------------------------------------------------------------
 
-    def _tcp(self, ts: float, ip: Any, tcp: Any) -> None:
+    def _tcp(self, ts: float, ip: Any, tcp: Any, cut: int) -> None:
         src: Endpoint = (_address(ip.src), int(tcp.sport))
         dst: Endpoint = (_address(ip.dst), int(tcp.dport))
         if dst[1] == self.port:
@@ -729,6 +782,8 @@ class _Analysis:
         else:
             return
         self.packets_on_port += 1
+        if cut:
+            self.cut_by_snaplen += 1
         key = (client, server)
         flags = int(tcp.flags)
         syn = bool(flags & dpkt.tcp.TH_SYN)
@@ -745,6 +800,8 @@ class _Analysis:
                 return
             # The capture began after this connection's handshake.
             flow = self.flows[key] = _Flow(client, server, isn=None)
+        if cut:
+            flow.cut_segments += 1
         if not from_client and syn and ack:
             self._syn_ack(ts, flow, int(tcp.seq))
             return
@@ -761,6 +818,7 @@ class _Analysis:
             if ack and not rst:
                 self._server_acked(flow, int(tcp.ack))
             if tcp.data:
+                flow.client_bytes += len(tcp.data)
                 self._client_data(ts, flow, int(tcp.seq), bytes(tcp.data))
         else:
             if ack and not rst:
@@ -963,16 +1021,35 @@ class _Analysis:
 
     # UDP ----------------------------------------------------------------------
 
-    def _udp(self, ts: float, ip: Any, udp: Any) -> None:
+    def _udp(self, ts: float, ip: Any, udp: Any, cut: int) -> None:
         src: Endpoint = (_address(ip.src), int(udp.sport))
         dst: Endpoint = (_address(ip.dst), int(udp.dport))
         payload = bytes(udp.data)
-        if dst[1] == self.port:
-            self.packets_on_port += 1
+        if dst[1] != self.port and src[1] != self.port:
+            return
+        self.packets_on_port += 1
+        if cut:
+            self.cut_by_snaplen += 1
+        if dst[1] == self.port and cut:
+            self._udp_cut_datagram(ts, src, payload, len(payload) + cut)
+        elif dst[1] == self.port:
             self._udp_datagram(ts, src, payload)
-        elif src[1] == self.port:
-            self.packets_on_port += 1
+        else:
             self._udp_reply(ts, dst, payload)
+
+    def _udp_cut_datagram(
+        self, ts: float, client: Endpoint, payload: bytes, size: int
+    ) -> None:
+        """A datagram the snap length cut: not decodable, but not broken
+        either; its head still pairs it with the server's reply."""
+        imei, avl_packet_id = _udp_head(payload, size)
+        self.datagrams.append(
+            _Datagram(client, imei, avl_packet_id, 0, ts, cut_short=True)
+        )
+        if imei is not None:
+            device = self._device(imei)
+            device.addresses.add(client[0])
+            device.udp_datagrams += 1
 
     def _udp_datagram(self, ts: float, client: Endpoint, payload: bytes) -> None:
         try:
@@ -1022,11 +1099,13 @@ class _Analysis:
                 "packets": self.packets,
                 "packets_on_port": self.packets_on_port,
                 "undecodable_frames": self.undecodable_link,
+                "cut_by_snaplen": self.cut_by_snaplen,
                 "truncated": self.truncated,
                 "first_timestamp": self.first_ts,
                 "duration_seconds": duration,
             },
             "port": self.port,
+            "warnings": self._warnings(flows),
             "totals": _totals(flows, self.datagrams, self.devices.values()),
             "addresses": [
                 _address_row(address, rows, self.datagrams, self.udp_errors_by_address)
@@ -1036,6 +1115,42 @@ class _Analysis:
             "connections": [_flow_row(flow) for flow in flows],
             "udp_errors": dict(self.udp_errors),
         }
+
+    def _warnings(self, flows: list[_Flow]) -> list[str]:
+        """What makes the figures unreliable, or the capture the wrong one."""
+        port, found = self.port, []
+        if not self.packets:
+            found.append("the capture holds no packets")
+        elif not self.packets_on_port:
+            found.append(
+                f"none of the {self.packets} packets is on port {port}: "
+                "is this the gateway port (--port)?"
+            )
+        if self.cut_by_snaplen:
+            found.append(
+                f"{self.cut_by_snaplen} packets cut short by the capture's snap "
+                "length: capture with -s 0"
+            )
+        talking = [flow for flow in flows if flow.client_bytes]
+        other = [flow for flow in talking if flow.other_traffic]
+        undecoded = [d for d in self.datagrams if d.imei is None and not d.cut_short]
+        some_teltonika = any(flow.teltonika for flow in flows) or any(
+            d.imei is not None for d in self.datagrams
+        )
+        if other and some_teltonika:
+            found.append(
+                f"{len(other)} of {len(talking)} connections on port {port} "
+                "carried no Teltonika traffic: another kind of client, or too "
+                "little of them was captured"
+            )
+        elif (other or undecoded) and not some_teltonika:
+            what = [f"{len(other)} connections"] if other else []
+            what += [f"{len(undecoded)} UDP datagrams"] if undecoded else []
+            found.append(
+                f"{' and '.join(what)} on port {port} carried no Teltonika "
+                "traffic: is this the gateway port?"
+            )
+        return found
 
 
 # Helpers -----------------------------------------------------------------------
@@ -1048,6 +1163,36 @@ def _ip_from_raw(buf: bytes) -> Any:
     if version == 6:
         return dpkt.ip6.IP6(buf)
     return None
+
+
+def _snaplen_cut(ip: Any) -> int:
+    """Bytes of ``ip`` the capture left out because its snap length was
+    shorter than the packet. A length field of 0 (segments built by TCP
+    segmentation offload, IPv6 jumbograms) says nothing: 0."""
+    if isinstance(ip, dpkt.ip.IP):
+        declared = int(ip.len)
+    elif ip.plen:
+        declared = int(ip.plen) + _IPV6_HEADER
+    else:
+        declared = 0
+    return max(0, declared - len(ip)) if declared else 0
+
+
+def _udp_head(data: bytes, size: int) -> tuple[str | None, int | None]:
+    """IMEI and AVL packet id at the head of a cut datagram that had ``size``
+    bytes on the wire; ``(None, None)`` when the head is not a Teltonika one
+    (its length field counts the bytes after it), a ``None`` IMEI when the
+    cut fell inside it."""
+    if len(data) < _UDP_HEAD.size:
+        return None, None
+    length, _, _, avl_packet_id, imei_length = _UDP_HEAD.unpack_from(data)
+    if length != size - 2:
+        return None, None
+    raw = data[_UDP_HEAD.size : _UDP_HEAD.size + imei_length]
+    whole = len(raw) == imei_length and raw.isdigit()
+    if whole and IMEI_MIN_DIGITS <= imei_length <= IMEI_MAX_DIGITS:
+        return raw.decode("ascii"), int(avl_packet_id)
+    return None, int(avl_packet_id)
 
 
 def _address(raw: bytes) -> str:
@@ -1104,13 +1249,13 @@ def _packet_counts(
     """Packet and record counts over both transports; ACK counts per transport."""
     flows, datagrams = list(flows), list(datagrams)
     packets = [packet for flow in flows for packet in flow.packets]
-    decoded = [datagram for datagram in datagrams if datagram.imei is not None]
+    decoded = [datagram for datagram in datagrams if datagram.decoded]
     parsers = [flow.parser for flow in flows if flow.parser is not None]
     return {
         "connections": sum(1 for flow in flows if flow.answered),
         "packets": len(packets) + len(decoded),
         "records": sum(p.records for p in packets) + sum(d.records for d in decoded),
-        "server_acks": sum(flow.acks for flow in flows),
+        "server_acks": sum(flow.server_acks for flow in flows),
         "acks_missing": sum(flow.acks_missing for flow in flows),
         "acks_not_captured": sum(1 for packet in packets if packet.ack_not_captured),
         "acks_short": sum(flow.nacks for flow in flows),
@@ -1120,8 +1265,10 @@ def _packet_counts(
         "resyncs": sum(p.resyncs for p in parsers),
         "skipped_bytes": sum(p.skipped_bytes for p in parsers),
         "records_after_resync": sum(flow.records_after_resync for flow in flows),
+        "connections_not_teltonika": sum(1 for flow in flows if flow.other_traffic),
         "udp_datagrams": len(datagrams),
         "udp_unanswered": sum(1 for d in datagrams if d.replied_at is None),
+        "udp_cut_short": sum(1 for d in datagrams if d.cut_short),
     }
 
 
@@ -1188,10 +1335,13 @@ def _flow_row(flow: _Flow) -> dict[str, Any]:
         "refused": flow.refused,
         "handshake_captured": flow.isn is not None,
         "imei": flow.imei,
-        "imei_reply": flow.imei_reply,
+        "imei_reply": None if flow.other_traffic else flow.imei_reply,
+        "not_teltonika": flow.other_traffic,
+        "client_bytes": flow.client_bytes,
+        "segments_cut_short": flow.cut_segments,
         "packets": len(flow.packets),
         "records": sum(packet.records for packet in flow.packets),
-        "server_acks": flow.acks,
+        "server_acks": flow.server_acks,
         "acks_missing": flow.acks_missing,
         "acks_not_captured": sum(1 for p in flow.packets if p.ack_not_captured),
         "ack_delay_ms": _spread(

@@ -327,6 +327,7 @@ def main() -> None:
                 "mode": "hold",
                 "sessions": hold_n,
                 "held": sum(p["held"] for p in parts),
+                "lost": sum(p["lost"] for p in parts),
                 "refused": sum(p["refused"] for p in parts),
             }
             held["rss_kib_before"] = before
@@ -427,6 +428,12 @@ def report(r: dict[str, Any]) -> None:
             "",
         ),
         ("idle sessions held", "", r["trackgate_hold"]["held"], ""),
+        (
+            "idle sessions lost / refused",
+            "",
+            f"{r['trackgate_hold']['lost']}/{r['trackgate_hold']['refused']}",
+            "",
+        ),
         (
             "RSS bytes per idle session",
             "",

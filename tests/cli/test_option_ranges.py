@@ -2,7 +2,9 @@
 
 ``records``, ``simulate`` and ``netcheck`` run as the installed
 ``trackgate`` script. The simulator's ``--timeout`` is checked against a
-gateway that logs devices in and never ACKs.
+gateway that logs devices in and never ACKs and against a port that
+answers no connect; its exit status for sessions lost while held against
+a gateway that closes every session after its login.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import free_port, trackgate_env
+from tests.support.unanswered import unanswered_port
 from trackgate.sim import DEVICE_MAX_PACKET, SimDevice, max_records_per_packet
 
 SCRIPT = Path(sys.executable).with_name("trackgate")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 GE = "Input should be greater than or equal to"
 LE = "Input should be less than or equal to"
+NOT_FINITE = "is not a finite number of seconds"
 
 
 def trackgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -88,6 +92,11 @@ def test_records_imei_must_be_fifteen_digits(imei: str) -> None:
         (["throughput", "--timeout", "0"], "'--timeout': 0.0 is not above 0 seconds"),
         (["throughput", "--timeout", "-5"], "'--timeout': -5.0 is not above 0 seconds"),
         (["throughput", "--port", "70000"], f"'--port': {LE} 65535"),
+        (["throughput", "--timeout", "nan"], f"'--timeout': nan {NOT_FINITE}"),
+        (["throughput", "--timeout", "inf"], f"'--timeout': inf {NOT_FINITE}"),
+        (["hold", "--seconds", "inf"], f"'--seconds': inf {NOT_FINITE}"),
+        (["fleet", "--interval", "inf"], f"'--interval': inf {NOT_FINITE}"),
+        (["fleet", "--warmup", "inf"], f"'--warmup': inf {NOT_FINITE}"),
     ],
 )
 def test_simulate_refuses_values_out_of_range(args: list[str], expected: str) -> None:
@@ -173,9 +182,125 @@ def test_simulate_timeout_bounds_the_wait_for_an_ack(silent_gateway: int) -> Non
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["devices_failed"], summary["records_acked"]) == (2, 0)
-    # A device waits for an ACK 10 s at most, and never past --timeout.
-    assert 1.0 <= summary["seconds"] < 3.0
-    assert took < 9.0
+    # A device waits for an ACK 10 s at most, and the command as a whole,
+    # its check for a gateway included, no more than --timeout.
+    assert 0.9 <= summary["seconds"] < 1.1
+    assert took < 3.0
+
+
+def test_simulate_gives_up_on_an_unanswered_address_within_the_timeout() -> None:
+    with unanswered_port() as port:
+        started = time.monotonic()
+        result = trackgate(
+            "simulate", "throughput", "--port", str(port), "--timeout", "1",
+            "--devices", "2", "--packets", "1",
+        )  # fmt: skip
+        took = time.monotonic() - started
+
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.splitlines() == [
+        f"trackgate simulate: no gateway at 127.0.0.1:{port} (--host, --port): "
+        "no answer in 1 s"
+    ]
+    assert took < 3.0
+
+
+def test_simulate_without_a_single_device_connected_exits_2() -> None:
+    # The first connect (the check for a gateway) fills the accept queue;
+    # no device's connect is answered.
+    with unanswered_port(room=1) as port:
+        started = time.monotonic()
+        result = trackgate(
+            "simulate", "throughput", "--port", str(port), "--timeout", "1",
+            "--devices", "2", "--packets", "1",
+        )  # fmt: skip
+        took = time.monotonic() - started
+
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"trackgate simulate: no gateway at 127.0.0.1:{port} (--host, --port): "
+        "no device connected in "
+    )
+    assert line.endswith(" s (TimeoutError x2)")
+    assert took < 3.0
+
+
+@pytest.fixture
+def closing_gateway() -> Iterator[int]:
+    """A port that accepts every IMEI and closes the session 0.3 s later."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)
+    port = server.getsockname()[1]
+
+    def serve(peer: socket.socket) -> None:
+        with peer:
+            if len(peer.recv(17)) == 17:
+                peer.sendall(b"\x01")
+                time.sleep(0.3)
+
+    def accept() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(peer,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield port
+    finally:
+        server.close()
+
+
+def test_simulate_hold_reports_sessions_closed_by_the_gateway_as_lost(
+    closing_gateway: int,
+) -> None:
+    result = trackgate(
+        "simulate", "hold", "--port", str(closing_gateway), "--sessions", "20",
+        "--seconds", "8",
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["held"], summary["lost"], summary["refused"]) == (0, 20, 0)
+    # The hold ended with its last session, not after 8 s.
+    assert summary["seconds"] < 8
+
+
+@pytest.fixture
+def refusing_gateway() -> Iterator[int]:
+    """A port that refuses every IMEI (reply 0x00) and closes."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)
+    port = server.getsockname()[1]
+
+    def accept() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            with peer:
+                if len(peer.recv(17)) == 17:
+                    peer.sendall(b"\x00")
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield port
+    finally:
+        server.close()
+
+
+def test_simulate_storm_exits_1_when_logins_fail(refusing_gateway: int) -> None:
+    result = trackgate(
+        "simulate", "storm", "--port", str(refusing_gateway), "--connections", "8",
+    )  # fmt: skip
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["connected"], summary["failures"]) == (8, {"ImeiRefused": 8})
 
 
 # netcheck -----------------------------------------------------------------

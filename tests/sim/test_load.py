@@ -1,10 +1,11 @@
 """The load modes of ``trackgate simulate`` against real gateways.
 
-Throughput and storm run against ``trackgate ingest`` and a real Redis, and
-what they report is checked against what the gateway stored. Behaviour a
-real gateway does not show on demand (a wrong ACK, a command before an
-ACK, silence, a refused IMEI) comes from small scripted peers on real
-sockets.
+Throughput, storm and hold run against ``trackgate ingest`` and a real
+Redis, and what they report is checked against what the gateway stored.
+Behaviour a real gateway does not show on demand (a wrong ACK, a command
+before an ACK, silence, a refused IMEI, sessions closed one by one) comes
+from small scripted peers on real sockets, and an address that answers no
+connect from a listener whose accept queue is full.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 from tests.support.servers import IngestProcess, RedisServer, free_port
+from tests.support.unanswered import unanswered_port
 from trackgate.core.commands import CommandState, CommandStore, NewCommand
 from trackgate.core.keys import Keys
 from trackgate.core.redisconn import async_client
@@ -36,6 +38,7 @@ from trackgate.sim import imei_for, load
 
 KEYS = Keys()
 HOST = "127.0.0.1"
+NO_LATENCY = dict.fromkeys(("p50", "p90", "p99", "max"))
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,7 @@ async def test_throughput_every_record_is_acked_and_stored(
     assert summary["records_sent"] == 5 * 4 * 10
     assert summary["records_acked"] == summary["records_sent"]
     assert (summary["devices_failed"], summary["resends"]) == (0, 0)
+    assert (summary["devices_connected"], summary["connect_failures"]) == (5, {})
     assert summary["reconnects"] == 0
     assert 0 < summary["ack_latency_ms"]["p50"] <= summary["ack_latency_ms"]["max"]
     assert summary["records_per_s"] > 0
@@ -294,6 +298,78 @@ async def test_device_that_misses_the_deadline_is_counted_failed() -> None:
     assert summary["devices_failed"] == 2
     assert summary["records_acked"] == 0
     assert summary["resends"] >= 2
+    # Every packet was written, never ACKed: sent once however often resent.
+    assert summary["records_sent"] == 2
+    assert summary["ack_latency_ms"] == NO_LATENCY
+
+
+async def test_a_warmup_longer_than_the_run_leaves_no_steady_latency() -> None:
+    gateway = ScriptedGateway({})
+    server = await asyncio.start_server(gateway.serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=1, packets=2, records=1, warmup=60, timeout=30
+        )
+
+    assert summary["records_acked"] == 2
+    assert summary["ack_latency_ms"]["max"] > 0
+    assert summary["ack_latency_ms_steady"] == NO_LATENCY
+
+
+# Throughput deadlines --------------------------------------------------------
+
+
+async def test_devices_that_never_connect_send_nothing_and_stop_at_the_timeout() -> (
+    None
+):
+    with unanswered_port() as port:
+        summary = await load.throughput(
+            HOST, port, devices=2, packets=1, records=3, timeout=1
+        )
+
+    assert (summary["devices_connected"], summary["devices_failed"]) == (0, 2)
+    assert summary["connect_failures"] == {"TimeoutError": 2}
+    assert summary["records_sent"] == summary["records_acked"] == 0
+    assert summary["ack_latency_ms"] == NO_LATENCY
+    assert summary["seconds"] < 1.3
+
+
+async def test_backoff_after_a_refused_imei_ends_at_the_timeout() -> None:
+    async def refuse(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readexactly(17)
+        writer.write(imei_reply(False))
+        writer.close()
+
+    server = await asyncio.start_server(refuse, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=20, packets=1, records=3, timeout=1
+        )
+
+    assert (summary["devices_connected"], summary["devices_failed"]) == (20, 20)
+    # Connected every time, refused every time: no packet was ever written.
+    assert summary["records_sent"] == 0
+    # Backoffs of up to 1.5 s would otherwise run past the timeout.
+    assert summary["seconds"] < 1.2
+
+
+async def test_a_paced_device_gives_up_at_the_timeout_between_packets() -> None:
+    gateway = ScriptedGateway({})
+    server = await asyncio.start_server(gateway.serve, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.throughput(
+            HOST, port, devices=5, packets=3, records=2, interval=5, timeout=1
+        )
+
+    # A device sends its first packet in its first 5 s, its second 5 s later.
+    assert summary["devices_failed"] == 5
+    assert summary["records_sent"] == summary["records_acked"] <= 5 * 2
+    assert summary["seconds"] < 1.3
 
 
 # Storm -----------------------------------------------------------------------
@@ -331,7 +407,7 @@ def test_storm_against_a_closed_port_counts_every_refusal() -> None:
 
     assert summary["connected"] == summary["handshakes"] == 0
     assert summary["failures"] == {"ConnectionRefusedError": 120}
-    assert summary["connect_ms"]["max"] == 0
+    assert summary["connect_ms"] == summary["handshake_ms"] == NO_LATENCY
 
 
 def test_storm_counts_a_silent_listener_as_login_timeouts() -> None:
@@ -381,3 +457,73 @@ async def test_storm_counts_refused_imeis_and_early_closes() -> None:
 def test_storm_refuses_more_connections_than_open_files() -> None:
     with pytest.raises(load.LoadError, match="open files"):
         load.storm(HOST, free_port(), connections=10**9)
+
+
+# Hold --------------------------------------------------------------------------
+
+
+async def test_hold_keeps_every_session_for_the_time_asked(
+    gateway: IngestProcess,
+) -> None:
+    summary = await load.hold(
+        HOST, gateway.port, sessions=30, seconds=0.5, first_imei=6000
+    )
+
+    assert (summary["held"], summary["lost"], summary["refused"]) == (30, 0, 0)
+    assert 0.5 <= summary["seconds"] < 1.5
+
+
+async def test_hold_counts_the_sessions_the_gateway_closes_as_lost() -> None:
+    # Odd IMEIs are closed 0.1 s after their login, even ones stay open.
+    async def close_odd(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        login = await reader.readexactly(17)
+        writer.write(imei_reply(True))
+        if int(login[2:]) % 2:
+            await asyncio.sleep(0.1)
+        else:
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(close_odd, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        summary = await load.hold(HOST, port, sessions=40, seconds=1.0)
+
+    odd = sum(int(imei_for(i)) % 2 for i in range(40))
+    assert 0 < odd < 40
+    assert (summary["held"], summary["lost"], summary["refused"]) == (40 - odd, odd, 0)
+    assert summary["seconds"] >= 1.0
+
+
+async def test_hold_ends_when_a_stopped_gateway_has_closed_every_session(
+    redis_url: str,
+) -> None:
+    ingest = IngestProcess(redis_url)
+    await asyncio.to_thread(ingest.start)
+    logged_in = asyncio.Event()
+    run = asyncio.create_task(
+        load.hold(
+            HOST, ingest.port, sessions=50, seconds=60, first_imei=7000,
+            on_held=logged_in.set,
+        )
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(logged_in.wait(), 30)
+        await asyncio.to_thread(ingest.stop)
+        summary = await asyncio.wait_for(run, 30)
+    finally:
+        await asyncio.to_thread(ingest.stop)
+
+    assert (summary["held"], summary["lost"], summary["refused"]) == (0, 50, 0)
+    assert summary["seconds"] < 30
+
+
+async def test_hold_counts_sessions_that_cannot_log_in_as_refused() -> None:
+    with unanswered_port(room=1) as port:
+        summary = await load.hold(HOST, port, sessions=3, seconds=5, login_timeout=0.3)
+
+    # One connect completes but nothing answers its IMEI; the others hang.
+    assert (summary["held"], summary["lost"], summary["refused"]) == (0, 0, 3)
+    assert summary["seconds"] < 0.1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -22,13 +24,24 @@ _NAME = "trackgate simulate"
 #: The simulated IMEIs stay 15 digits for offsets below this.
 _FIRST_IMEI_LIMIT = 10**14
 
+#: How long the first connect may take before there is no gateway: time for
+#: two SYN retransmissions (1 s, then 3 s), shortened to --timeout.
+_REACH_S = 5.0
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="simulate")(simulate)
 
 
+def _finite(value: float) -> float:
+    # No range refuses inf, and nan is false in every comparison.
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number of seconds")
+    return value
+
+
 def _positive(value: float) -> float:
-    if value <= 0:
+    if _finite(value) <= 0:
         raise typer.BadParameter(f"{value} is not above 0 seconds")
     return value
 
@@ -55,13 +68,14 @@ def simulate(
         ),
     ] = 3,
     interval: Annotated[
-        float, typer.Option(min=0, help="Seconds between packets (fleet)")
+        float,
+        typer.Option(min=0, callback=_finite, help="Seconds between packets (fleet)"),
     ] = 2.0,
     codec: Annotated[str, typer.Option(help="8, 8E or 16")] = "8E",
     connections: Annotated[int, typer.Option(min=1, help="Connections (storm)")] = 1000,
     sessions: Annotated[int, typer.Option(min=1, help="Idle sessions (hold)")] = 1000,
     seconds: Annotated[
-        float, typer.Option(min=0, help="How long to hold (hold)")
+        float, typer.Option(min=0, callback=_finite, help="How long to hold (hold)")
     ] = 10.0,
     first_imei: Annotated[
         int,
@@ -71,14 +85,15 @@ def simulate(
         float,
         typer.Option(
             callback=_positive,
-            help="Give up after this many seconds (fleet, throughput); no wait "
-            "for a reply outlasts it",
+            help="Give up after this many seconds (fleet, throughput): no "
+            "connect, wait for a reply or pause outlasts it",
         ),
     ] = 300.0,
     warmup: Annotated[
         float,
         typer.Option(
             min=0,
+            callback=_finite,
             help="Seconds at the start whose ACK latencies are also left out "
             "of a separate steady-state figure (fleet, throughput)",
         ),
@@ -90,10 +105,13 @@ def simulate(
     `trackgate records`). throughput: N devices x M packets x K records as fast
     as ACKs come. storm: N connections at once, connect times and IMEI reply
     times measured (a connect >= 0.9 s means a SYN was dropped and
-    retransmitted). hold: N idle sessions kept open.
+    retransmitted). hold: N idle sessions kept open; those the gateway
+    closes meanwhile are counted lost.
 
-    Exit status: 0 done, 1 devices failed or sessions were refused, 2 an
-    invalid option or no gateway at the address.
+    Latencies without a single sample are null. Exit status: 0 done, 1
+    devices failed, sessions were refused or lost, or storm connections
+    failed, 2 an invalid option or
+    no gateway at the address (nothing answered a connect).
     """
     import asyncio
     import socket
@@ -116,15 +134,18 @@ def simulate(
             err=True,
         )
         raise typer.Exit(2)
+    started = time.monotonic()
+    timed = mode in (Mode.fleet, Mode.throughput)
+    reach = min(_REACH_S, timeout) if timed else _REACH_S
     try:
-        socket.create_connection((host, port), timeout=5).close()
+        socket.create_connection((host, port), timeout=reach).close()
     except OSError as exc:
-        typer.echo(
-            f"{_NAME}: no gateway at {host}:{port} (--host, --port): "
-            f"{exc.strerror or exc}",
-            err=True,
-        )
+        why = exc.strerror or str(exc)
+        if isinstance(exc, TimeoutError):
+            why = f"no answer in {reach:g} s"
+        _no_gateway(host, port, why)
         raise typer.Exit(2) from exc
+    timeout -= time.monotonic() - started
     total = {
         Mode.fleet: devices * packets * records,
         Mode.throughput: devices * packets * records,
@@ -188,7 +209,26 @@ def simulate(
                 summary = asyncio.run(run(advance))
             else:
                 summary = uvloop.run(run(advance))
+    if summary.get("devices_connected") == 0:
+        failures = ", ".join(
+            f"{kind} x{count}" for kind, count in summary["connect_failures"].items()
+        )
+        _no_gateway(
+            host, port, f"no device connected in {summary['seconds']} s ({failures})"
+        )
+        raise typer.Exit(2)
     summary["mode"] = mode.value
     typer.echo(json.dumps(summary, indent=2))
-    failed = summary.get("devices_failed") or summary.get("refused")
+    failed = (
+        summary.get("devices_failed")
+        or summary.get("refused")
+        or summary.get("lost")
+        or summary.get("failures")  # storm: connects or logins that failed
+    )
     raise typer.Exit(1 if failed else 0)
+
+
+def _no_gateway(host: str, port: int, why: str) -> None:
+    typer.echo(
+        f"{_NAME}: no gateway at {host}:{port} (--host, --port): {why}", err=True
+    )

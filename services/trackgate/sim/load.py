@@ -8,13 +8,16 @@ The simulator shares the machine with the gateway and Redis during a
 benchmark, so the two busy modes are written to cost little CPU:
 throughput drives each device from transport callbacks (no stream reader,
 no task or timeout per read), and storm is a plain non-blocking loop over
-the kernel's selector, with no event loop at all. :class:`SimDevice`
-stays the device for tests that audit every record.
+the kernel's selector, with no event loop at all. Hold reads nothing
+while its sessions are idle: the event loop only tells it when the
+gateway closes one. :class:`SimDevice` stays the device for tests that
+audit every record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
@@ -74,6 +77,13 @@ SPARE_FDS = 64
 RESPONSE_TIMEOUT_S = 10.0
 RECONNECT_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
+#: How long a hold session may take to connect and have its IMEI accepted.
+HOLD_LOGIN_TIMEOUT_S = 30.0
+
+#: Hold sessions logging in at once: hold measures idle sessions, and
+#: leaves connection storms to :func:`storm`.
+HOLD_CONCURRENCY = 512
+
 #: A Codec 12/14 frame starts with this; an ACK (a record count) never does.
 _PREAMBLE = bytes(4)
 _FRAME_HEAD = 8
@@ -121,9 +131,16 @@ async def throughput(
     :class:`SimDevice` answers them. ``ack_latency_ms`` is from writing a
     packet to reading its ACK; with a ``warmup``, ``ack_latency_ms_steady``
     leaves out the packets written in its first seconds (the logins and the
-    first packets of every device). Every wait for a connection, an IMEI
-    reply or an ACK lasts ``response_timeout`` at most, and never past
-    ``timeout``.
+    first packets of every device); a figure without a single latency in
+    it is ``None``. Every wait for a connection, an IMEI reply or an ACK
+    lasts ``response_timeout`` at most, and no wait, backoff or pause
+    between packets lasts past ``timeout``.
+
+    ``records_sent`` counts the records of the packets written to a
+    connected gateway, each packet once however often it was resent;
+    ``devices_connected`` the devices that connected at least once, and
+    ``connect_failures`` the connects that failed, by what ended them
+    (as in :func:`storm`).
     """
     raise_fd_limit()
     # One set of packets shared by the fleet: a device's records are unique
@@ -144,7 +161,8 @@ async def throughput(
     async def one(device: _Device) -> None:
         if interval:
             # Devices of a fleet are not in step: spread their first packets.
-            await asyncio.sleep(random.uniform(0, interval))
+            spread = random.uniform(0, interval)
+            await asyncio.sleep(min(spread, max(deadline - time.monotonic(), 0.0)))
         async with limit:
             await device.run(host, port, deadline=deadline)
         if progress is not None:
@@ -158,14 +176,20 @@ async def throughput(
     latencies = [x for d in fleet for x in d.ack_latencies]
     steady = [x for d in fleet for x in d.steady_latencies]
     acked = sum(d.records_acked for d in fleet)
+    connect_failures: dict[str, int] = {}
+    for device in fleet:
+        for kind, count in device.connect_failures.items():
+            connect_failures[kind] = connect_failures.get(kind, 0) + count
     return {
         "mode": "throughput",
         "devices": devices,
         "packets_per_device": packets,
         "records_per_packet": records,
-        "records_sent": devices * packets * records,
+        "records_sent": sum(d.records_sent for d in fleet),
         "records_acked": acked,
         "devices_failed": sum(isinstance(o, BaseException) for o in outcomes),
+        "devices_connected": sum(d.connects > 0 for d in fleet),
+        "connect_failures": connect_failures,
         "resends": sum(d.resends for d in fleet),
         "reconnects": sum(max(d.connects - 1, 0) for d in fleet),
         "seconds": round(elapsed, 3),
@@ -184,7 +208,8 @@ class _Device:
     """One device of a throughput run: its packets and what happened to them.
 
     ``resends`` counts packets that were written and then had to be written
-    again (wrong or missing ACK, connection lost while waiting for it).
+    again (wrong or missing ACK, connection lost while waiting for it);
+    ``records_sent`` the records of every packet written at least once.
     """
 
     imei: str
@@ -197,6 +222,10 @@ class _Device:
     stamped: tuple[int, bytes] | None = None
     newest_ms: int = 0
     connects: int = 0
+    #: failed connects by what ended them (see :func:`_failure_kind`)
+    connect_failures: dict[str, int] = field(default_factory=dict)
+    packets_written: int = 0
+    records_sent: int = 0
     resends: int = 0
     packets_acked: int = 0
     records_acked: int = 0
@@ -211,7 +240,17 @@ class _Device:
     def reply_wait(self) -> float:
         """How long the next reply may take: the response timeout, cut short
         where it would pass the deadline."""
-        return max(min(self.response_timeout, self.deadline - time.monotonic()), 0.0)
+        return min(self.response_timeout, self.time_left())
+
+    def time_left(self) -> float:
+        """Seconds until the deadline; 0 once it has passed."""
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def wrote(self, index: int) -> None:
+        """Count packet ``index`` as sent the first time it is written."""
+        if index == self.packets_written:
+            self.packets_written += 1
+            self.records_sent += self.packets[index][1]
 
     def frame(self, index: int) -> bytes:
         """The bytes of packet ``index``: its records stamped now if live."""
@@ -236,27 +275,42 @@ class _Device:
         self.deadline = deadline
         failures = 0
         while self.packets_acked < len(self.packets):
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise DeviceError(
                     f"{self.imei}: {self.packets_acked} of "
                     f"{len(self.packets)} packets ACKed by the deadline"
                 )
             acked_before = self.packets_acked
             try:
-                transport, session = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Session(self, loop), host, port),
-                    self.reply_wait(),
-                )
-                try:
-                    await session.finished
-                finally:
-                    transport.close()
+                await self._session(loop, host, port)
             except (OSError, TimeoutError, DeviceError):
                 if self.packets_acked > acked_before:
                     failures = 0  # back off longer only while nothing gets through
                 delay = RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)]
                 failures += 1
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await asyncio.sleep(
+                    min(delay * (0.5 + random.random()), self.time_left())
+                )
+
+    async def _session(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int
+    ) -> None:
+        """One connection, from the connect until it ends or fails."""
+        try:
+            transport, session = await asyncio.wait_for(
+                loop.create_connection(lambda: _Session(self, loop), host, port),
+                self.reply_wait(),
+            )
+        except (OSError, TimeoutError) as exc:
+            kind = _failure_kind(exc)
+            self.connect_failures[kind] = self.connect_failures.get(kind, 0) + 1
+            raise
+        try:
+            # The session's timer bounds each reply; this also bounds the
+            # pauses of a paced device, which no timer watches.
+            await asyncio.wait_for(session.finished, self.time_left())
+        finally:
+            transport.close()
 
 
 class _Session(asyncio.Protocol):
@@ -352,7 +406,9 @@ class _Session(asyncio.Protocol):
         self.waiting = "ack"
         self.sent_at = time.perf_counter()
         self.next_due = self.loop.time() + self.device.interval
-        self.transport.write(self.device.frame(self.device.packets_acked))
+        index = self.device.packets_acked
+        self.transport.write(self.device.frame(index))
+        self.device.wrote(index)
         self._expect_reply()
 
     def _take_command(self) -> bool:
@@ -716,60 +772,153 @@ async def hold(
     progress: Progress | None = None,
     first_imei: int = 0,
     on_held: Callable[[], Any] | None = None,
+    login_timeout: float = HOLD_LOGIN_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Open N sessions (IMEI accepted) and keep them idle for ``seconds``."""
+    """Open N sessions (IMEI accepted) and keep them idle for ``seconds``.
+
+    ``refused`` counts the sessions that did not log in: the connect
+    failed, the IMEI was refused, or no reply came within
+    ``login_timeout``. Every session that logged in is watched for the
+    gateway closing it (EOF or reset) while it is held: ``lost`` counts
+    those, ``held`` the ones still open at the end. The hold ends early
+    once every session is lost; ``seconds`` is how long it lasted.
+    ``on_held`` is called once every login has ended; what it returns is
+    reported as ``measured``.
+    """
     raise_fd_limit()
     loop = asyncio.get_running_loop()
-    socks: list[socket.socket] = []
-    refused = 0
-    limit = asyncio.Semaphore(512)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    address = infos[0][4]
+    watch = _HoldWatch()
+    limit = asyncio.Semaphore(HOLD_CONCURRENCY)
 
     async def one(index: int) -> None:
-        nonlocal refused
         async with limit:
+            session = _HeldSession(imei_for(first_imei + index), loop, watch)
             try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            except OSError:  # out of file descriptors: counted, not fatal
-                refused += 1
-                return
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, (host, port))
-                await loop.sock_sendall(sock, encode_imei(imei_for(first_imei + index)))
-                reply = await asyncio.wait_for(loop.sock_recv(sock, 1), 30)
+                async with asyncio.timeout(login_timeout):
+                    await loop.create_connection(lambda: session, *address[:2])
+                    reply = await session.reply
             except (OSError, TimeoutError):
-                refused += 1
-                sock.close()
+                watch.refused += 1
+                session.close()
                 return
             if reply != b"\x01":
-                refused += 1
-                sock.close()
+                watch.refused += 1
+                session.close()
                 return
-            socks.append(sock)
+            watch.logged_in(session)
             if progress is not None:
-                progress(len(socks))
+                progress(len(watch.sessions))
 
     await asyncio.gather(*(one(i) for i in range(sessions)))
     extra = on_held() if on_held is not None else None
-    await asyncio.sleep(seconds)
-    for sock in socks:
-        sock.close()
+    started = time.monotonic()
+    watch.logins_done()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(watch.all_lost.wait(), seconds)
+    elapsed = time.monotonic() - started
+    for session in watch.sessions:
+        session.close()
     summary: dict[str, Any] = {
         "mode": "hold",
         "sessions": sessions,
-        "held": len(socks),
-        "refused": refused,
-        "seconds": seconds,
+        "held": len(watch.sessions) - watch.lost,
+        "lost": watch.lost,
+        "refused": watch.refused,
+        "seconds": round(elapsed, 3),
     }
     if extra is not None:
         summary["measured"] = extra
     return summary
 
 
-def _latency_summary(values: list[float]) -> dict[str, float]:
+class _HoldWatch:
+    """What became of the sessions of a :func:`hold`."""
+
+    def __init__(self) -> None:
+        self.sessions: list[_HeldSession] = []
+        self.refused = 0
+        self.lost = 0
+        self.all_lost = asyncio.Event()
+        self.logging_in = True
+
+    def logged_in(self, session: _HeldSession) -> None:
+        self.sessions.append(session)
+        session.held = True
+        # The gateway may have closed it between the reply and now.
+        if session.lost:
+            self.lost += 1
+
+    def logins_done(self) -> None:
+        self.logging_in = False
+        if self.lost == len(self.sessions):
+            self.all_lost.set()
+
+    def session_lost(self, session: _HeldSession) -> None:
+        if not session.held:
+            return  # counted when its login ends
+        self.lost += 1
+        if not self.logging_in and self.lost == len(self.sessions):
+            self.all_lost.set()
+
+
+class _HeldSession(asyncio.Protocol):
+    """One idle session of :func:`hold`: it logs in, then only sees its end.
+
+    Reading is left to the event loop, as for any protocol: an idle session
+    costs no task and no timer, and the gateway closing it shows up as
+    ``connection_lost``. Whatever the gateway sends after the IMEI reply
+    (a command) is read and ignored.
+    """
+
+    def __init__(
+        self, imei: str, loop: asyncio.AbstractEventLoop, watch: _HoldWatch
+    ) -> None:
+        self.imei = imei
+        self.watch = watch
+        #: the first byte of the gateway's IMEI reply
+        self.reply: asyncio.Future[bytes] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        #: logged in and counted by the watch
+        self.held = False
+        #: closed by the gateway after its IMEI was accepted
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(encode_imei(self.imei))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data[:1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return  # closed here
+        self.transport = None
+        if not self.reply.done():
+            self.reply.set_exception(
+                exc or ConnectionResetError(f"{self.imei}: closed before the reply")
+            )
+            return
+        self.lost = True
+        self.watch.session_lost(self)
+
+    def close(self) -> None:
+        """Close the session from this side; it does not count as lost."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
+
+
+def _latency_summary(values: list[float]) -> dict[str, float | None]:
+    """Percentiles and maximum in ms; each ``None`` when there is no value."""
+    if not values:
+        return dict.fromkeys(("p50", "p90", "p99", "max"))
     return {
         "p50": round(percentile(values, 50) * 1000, 2),
         "p90": round(percentile(values, 90) * 1000, 2),
         "p99": round(percentile(values, 99) * 1000, 2),
-        "max": round(max(values, default=0.0) * 1000, 2),
+        "max": round(max(values) * 1000, 2),
     }

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -139,18 +139,10 @@ def test_simulate_without_a_gateway_says_where_it_looked() -> None:
     assert line.startswith(f"trackgate simulate: no gateway at 127.0.0.1:{port} ")
 
 
-@pytest.fixture
-def silent_gateway() -> Iterator[int]:
-    """A port that accepts every IMEI and never ACKs a packet."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
+def _threaded_gateway(serve: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback port whose every connection ``serve`` handles on a thread."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)
     peers: list[socket.socket] = []
-
-    def serve(peer: socket.socket) -> None:
-        with peer:
-            while data := peer.recv(4096):
-                if len(data) == 17 and data[:2] == b"\x00\x0f":
-                    peer.sendall(b"\x01")
 
     def accept() -> None:
         while True:
@@ -163,11 +155,24 @@ def silent_gateway() -> Iterator[int]:
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        yield port
+        yield server.getsockname()[1]
     finally:
         server.close()
         for peer in peers:
             peer.close()
+
+
+@pytest.fixture
+def silent_gateway() -> Iterator[int]:
+    """A port that accepts every IMEI and never ACKs a packet."""
+
+    def serve(peer: socket.socket) -> None:
+        with peer:
+            while data := peer.recv(4096):
+                if len(data) == 17 and data[:2] == b"\x00\x0f":
+                    peer.sendall(b"\x01")
+
+    yield from _threaded_gateway(serve)
 
 
 def test_simulate_timeout_bounds_the_wait_for_an_ack(silent_gateway: int) -> None:
@@ -188,14 +193,21 @@ def test_simulate_timeout_bounds_the_wait_for_an_ack(silent_gateway: int) -> Non
     assert took < 3.0
 
 
-def test_simulate_gives_up_on_an_unanswered_address_within_the_timeout() -> None:
-    with unanswered_port() as port:
+def _throughput_against_unanswered_port(
+    room: int,
+) -> tuple[int, subprocess.CompletedProcess[str], float]:
+    """Two devices, --timeout 1, against a port that answers ``room`` connects."""
+    with unanswered_port(room=room) as port:
         started = time.monotonic()
         result = trackgate(
             "simulate", "throughput", "--port", str(port), "--timeout", "1",
             "--devices", "2", "--packets", "1",
         )  # fmt: skip
-        took = time.monotonic() - started
+        return port, result, time.monotonic() - started
+
+
+def test_simulate_gives_up_on_an_unanswered_address_within_the_timeout() -> None:
+    port, result, took = _throughput_against_unanswered_port(room=0)
 
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert result.stderr.splitlines() == [
@@ -208,13 +220,7 @@ def test_simulate_gives_up_on_an_unanswered_address_within_the_timeout() -> None
 def test_simulate_without_a_single_device_connected_exits_2() -> None:
     # The first connect (the check for a gateway) fills the accept queue;
     # no device's connect is answered.
-    with unanswered_port(room=1) as port:
-        started = time.monotonic()
-        result = trackgate(
-            "simulate", "throughput", "--port", str(port), "--timeout", "1",
-            "--devices", "2", "--packets", "1",
-        )  # fmt: skip
-        took = time.monotonic() - started
+    port, result, took = _throughput_against_unanswered_port(room=1)
 
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     (line,) = result.stderr.splitlines()
@@ -229,8 +235,6 @@ def test_simulate_without_a_single_device_connected_exits_2() -> None:
 @pytest.fixture
 def closing_gateway() -> Iterator[int]:
     """A port that accepts every IMEI and closes the session 0.3 s later."""
-    server = socket.create_server(("127.0.0.1", 0), backlog=128)
-    port = server.getsockname()[1]
 
     def serve(peer: socket.socket) -> None:
         with peer:
@@ -238,19 +242,7 @@ def closing_gateway() -> Iterator[int]:
                 peer.sendall(b"\x01")
                 time.sleep(0.3)
 
-    def accept() -> None:
-        while True:
-            try:
-                peer, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(peer,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield port
-    finally:
-        server.close()
+    yield from _threaded_gateway(serve)
 
 
 def test_simulate_hold_reports_sessions_closed_by_the_gateway_as_lost(
@@ -272,24 +264,13 @@ def test_simulate_hold_reports_sessions_closed_by_the_gateway_as_lost(
 @pytest.fixture
 def refusing_gateway() -> Iterator[int]:
     """A port that refuses every IMEI (reply 0x00) and closes."""
-    server = socket.create_server(("127.0.0.1", 0), backlog=128)
-    port = server.getsockname()[1]
 
-    def accept() -> None:
-        while True:
-            try:
-                peer, _ = server.accept()
-            except OSError:
-                return
-            with peer:
-                if len(peer.recv(17)) == 17:
-                    peer.sendall(b"\x00")
+    def serve(peer: socket.socket) -> None:
+        with peer:
+            if len(peer.recv(17)) == 17:
+                peer.sendall(b"\x00")
 
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield port
-    finally:
-        server.close()
+    yield from _threaded_gateway(serve)
 
 
 def test_simulate_storm_exits_1_when_logins_fail(refusing_gateway: int) -> None:

@@ -82,6 +82,15 @@ def _tcp(buf: bytes) -> Any:
     return ip.data if isinstance(ip.data, dpkt.tcp.TCP) else None
 
 
+def _first_imei_reply(packets: list[tuple[float, bytes]]) -> int:
+    """Index of the gateway's first IMEI reply (a one-byte segment)."""
+    return next(
+        i
+        for i, (_, buf) in enumerate(packets)
+        if (tcp := _tcp(buf)) is not None and tcp.data == b"\x01"
+    )
+
+
 def test_syn_dropped_by_a_full_accept_queue_is_never_answered(
     result: dict[str, Any],
 ) -> None:
@@ -258,11 +267,7 @@ def test_capture_started_after_the_login_still_decodes_packets(
 ) -> None:
     packets = _packets(session.path)
     # Drop everything up to the gateway's IMEI reply of the first connection.
-    reply = next(
-        i
-        for i, (_, buf) in enumerate(packets)
-        if (tcp := _tcp(buf)) is not None and tcp.data == b"\x01"
-    )
+    reply = _first_imei_reply(packets)
     cut = _write_pcap(tmp_path / "late.pcap", packets[reply + 1 :])
 
     late = analyse_capture(cut, session.port)
@@ -277,11 +282,7 @@ def test_capture_starting_with_the_imei_reply_pairs_acks_with_packets(
     session: Session, tmp_path: Path
 ) -> None:
     packets = _packets(session.path)
-    reply = next(
-        i
-        for i, (_, buf) in enumerate(packets)
-        if (tcp := _tcp(buf)) is not None and tcp.data == b"\x01"
-    )
+    reply = _first_imei_reply(packets)
     cut = _write_pcap(tmp_path / "reply.pcap", packets[reply:])
 
     late = analyse_capture(cut, session.port)

@@ -362,9 +362,33 @@ def test_capture_torn_at_the_end_is_read_up_to_the_tear(
     partial = analyse_capture(torn, session.port)
 
     assert partial["capture"]["truncated"] is True
-    assert partial["capture"]["packets"] == len(_packets(session.path))
+    # The torn last record is left out, and not taken for a snap-length cut.
+    assert partial["capture"]["packets"] == len(_packets(session.path)) - 1
+    assert partial["capture"]["cut_by_snaplen"] == 0
+    assert partial["warnings"] == []
     # The torn last packet is a reply or a FIN: every record is still there.
     assert partial["totals"]["records"] == sum(session.records_a) + 1
+
+
+def test_a_capture_cut_inside_a_packet_is_not_blamed_on_the_snap_length(
+    session: Session, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = session.path.read_bytes()
+    torn = tmp_path / "torn.pcap"
+    # 24-byte file header, then records of a 16-byte header and the frame:
+    # cut 20 bytes into the frame of the third record.
+    packets = _packets(session.path)
+    offset = 24 + sum(16 + len(buf) for _, buf in packets[:2]) + 16 + 20
+    torn.write_bytes(raw[:offset])
+
+    with caplog.at_level("WARNING"):
+        partial = analyse_capture(torn, session.port)
+
+    assert partial["capture"]["truncated"] is True
+    assert partial["capture"]["packets"] == 2
+    assert partial["capture"]["cut_by_snaplen"] == 0
+    assert partial["warnings"] == []
+    assert "the file ends" in caplog.text
 
 
 def test_complete_capture_is_not_called_truncated(result: dict[str, Any]) -> None:

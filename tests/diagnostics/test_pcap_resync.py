@@ -734,3 +734,18 @@ def test_too_much_held_behind_a_hole_skips_it() -> None:
     assert [chunk.gap for chunk in chunks] == [100] + [0] * held
     assert sum(len(chunk.data) for chunk in chunks) == (held + 1) * len(segment)
     assert stream.flush() == []
+
+
+def test_a_link_seen_only_from_the_server_side_counts_no_acks(tmp_path: Path) -> None:
+    # Begun before the capture, the client silent during it: a subscriber's
+    # link to a service on the port, say. Its server bytes answer nothing seen.
+    conv = Conversation()
+    conv.handshake(captured=False)
+    for _ in range(5):
+        conv.reply(tcp_ack(1) * 3)
+
+    result = analyse_capture(conv.write(tmp_path / "server-only.pcap"), PORT)
+
+    assert _only_connection(result)["server_acks"] == 0
+    assert result["totals"]["server_acks"] == 0
+    assert [row["server_acks"] for row in result["addresses"]] in ([], [0])

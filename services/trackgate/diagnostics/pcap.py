@@ -183,19 +183,28 @@ def _read_packets(
 ) -> Iterator[tuple[float, bytes]]:
     try:
         for timestamp, buf in reader:
+            if handle.torn:
+                # dpkt hands over a pcap's torn last record as if whole: it
+                # is neither a packet nor cut by the snap length.
+                _torn(analysis, handle, None)
+                return
             yield float(timestamp), bytes(buf)
     except (dpkt.NeedData, dpkt.UnpackError, struct.error, ValueError) as exc:
         # tcpdump killed mid-write leaves a torn last record: keep the rest.
-        log.warning(
-            "capture ends with a truncated record after %d whole packets: %s",
-            analysis.packets,
-            _tear_reason(exc, handle),
-        )
-        analysis.truncated = True
+        _torn(analysis, handle, exc)
 
 
-def _tear_reason(exc: Exception, handle: _TearWatch) -> str:
-    if handle.torn:
+def _torn(analysis: _Analysis, handle: _TearWatch, exc: Exception | None) -> None:
+    log.warning(
+        "capture ends with a truncated record after %d whole packets: %s",
+        analysis.packets,
+        _tear_reason(exc, handle),
+    )
+    analysis.truncated = True
+
+
+def _tear_reason(exc: Exception | None, handle: _TearWatch) -> str:
+    if handle.torn or exc is None:
         return (
             f"the file ends {handle.missing} bytes before the end of that record "
             "(tcpdump stopped while writing, or the file was cut)"
@@ -661,9 +670,10 @@ class _Flow:
 
     @property
     def server_acks(self) -> int:
-        # Every 4 server bytes read as an ACK; on a connection whose client
-        # never spoke Teltonika they answer something else.
-        return 0 if self.other_traffic else self.acks
+        # Every 4 server bytes read as an ACK; they answer packets only on a
+        # connection whose client was seen speaking Teltonika (a capture that
+        # saw only the server side of another service's link counts none).
+        return self.acks if self.teltonika else 0
 
     @property
     def handshake_seconds(self) -> float | None:

@@ -131,6 +131,19 @@ async def test_a_retired_worker_is_swept_at_once(redis_url: str) -> None:
     await client.aclose()
 
 
+async def test_a_worker_retired_with_no_device_left_is_not_swept(
+    redis_url: str,
+) -> None:
+    client = async_client(redis_url)
+    holder = Holders(client, KEYS, GONE)
+    await holder.beat(now_ms())
+    await holder.retire()
+    assert await client.exists(KEYS.alive(GONE)) == 0
+    assert await client.smembers(KEYS.holders()) == set()
+    assert await Holders(client, KEYS, LIVE).sweep(now_ms()) == {}
+    await client.aclose()
+
+
 async def test_a_claim_whose_sweeper_died_is_retaken(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -151,3 +151,30 @@ def test_a_second_gateway_under_a_live_pod_name_refuses_to_start(
     finally:
         if first.process is not None and first.process.poll() is None:
             first.stop()
+
+
+def test_a_pod_stopped_cleanly_is_not_taken_for_gone(redis_url: str) -> None:
+    db = redis.Redis.from_url(redis_url, decode_responses=True)
+    leaving = IngestProcess(redis_url, workers=2, pod_name="pod-leaving", **FAST)
+    live = IngestProcess(redis_url, workers=1, pod_name="pod-staying", **FAST)
+    leaving.start()
+    socks: list[socket.socket] = []
+    try:
+        live.start()
+        socks += login(leaving.port, range(50, 60))
+        # Each device logs in again: the first sessions end replaced.
+        socks += login(leaving.port, range(50, 60))
+        assert wait_until(lambda: connected(db, range(50, 60)) == 10, timeout=10)
+        leaving.stop()
+        assert connected(db, range(50, 60)) == 0
+        time.sleep(2.0)  # two TTLs: a sweep would have run by now
+        assert "pod-leaving" not in live.log()
+        assert db.smembers(KEYS.holders()) == {"pod-staying/0"}
+        assert not db.exists(KEYS.holder("pod-leaving/0"), KEYS.holder("pod-leaving/1"))
+        assert released_metric(live.admin_port) == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        live.stop()
+        if leaving.process is not None and leaving.process.poll() is None:
+            leaving.stop()

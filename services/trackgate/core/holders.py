@@ -111,9 +111,12 @@ class Holders:
         return bool(done)
 
     async def retire(self) -> None:
-        """A worker that stops: the next sweep releases any device it could
-        not mark disconnected itself, and forgets it."""
+        """A worker that stops: once its holder set is gone (its devices
+        released), no sweeper need take it for gone; with devices left in
+        it, the next sweep releases them at once and forgets the worker."""
         await self.client.delete(self.keys.alive(self.owner))
+        if not await self.client.exists(self.keys.holder(self.owner)):
+            await self.client.srem(self.keys.holders(), self.owner)
 
     async def sweep(self, now_ms: int) -> dict[str, int]:
         """Release the devices of every holder whose alive key expired.

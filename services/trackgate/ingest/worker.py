@@ -264,7 +264,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await asyncio.wait_for(self.holders.retire(), RELEASE_TIMEOUT_S)
+            await asyncio.wait_for(self._retire(), RELEASE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - the heartbeat expires anyway
             log.warning("heartbeat not withdrawn worker=%s: %s", self.name, exc)
         await self.redis.aclose()
@@ -475,6 +475,15 @@ class Worker:
     async def _warm_up(self) -> None:
         with contextlib.suppress(Exception):
             await self.store.load_scripts()
+
+    async def _retire(self) -> None:
+        """Release what is still marked as this worker's (a session end that
+        was not written), then withdraw its heartbeat; should this fail, the
+        sweep of another worker does both when the heartbeat expires."""
+        await self.sessions_store.release_all(
+            self.settings.pod_name, str(self.index), int(time.time() * 1000)
+        )
+        await self.holders.retire()
 
     async def _release_previous(self) -> None:
         try:

@@ -329,6 +329,7 @@ def main() -> None:
                 "held": sum(p["held"] for p in parts),
                 "lost": sum(p["lost"] for p in parts),
                 "refused": sum(p["refused"] for p in parts),
+                "timed_out": sum(p["timed_out"] for p in parts),
             }
             held["rss_kib_before"] = before
             held["rss_kib_held"] = during
@@ -429,9 +430,9 @@ def report(r: dict[str, Any]) -> None:
         ),
         ("idle sessions held", "", r["trackgate_hold"]["held"], ""),
         (
-            "idle sessions lost / refused",
+            "idle sessions lost / refused / timed out",
             "",
-            f"{r['trackgate_hold']['lost']}/{r['trackgate_hold']['refused']}",
+            "{lost}/{refused}/{timed_out}".format(**r["trackgate_hold"]),
             "",
         ),
         (

@@ -284,6 +284,41 @@ def test_simulate_storm_exits_1_when_logins_fail(refusing_gateway: int) -> None:
     assert (summary["connected"], summary["failures"]) == (8, {"ImeiRefused": 8})
 
 
+@pytest.fixture
+def mute_gateway() -> Iterator[int]:
+    """A port that accepts every connection and never answers a login."""
+
+    def serve(peer: socket.socket) -> None:
+        with peer:
+            while peer.recv(4096):
+                pass
+
+    yield from _threaded_gateway(serve)
+
+
+@pytest.mark.parametrize(
+    ("mode", "count"), [("storm", "--connections"), ("hold", "--sessions")]
+)
+def test_simulate_storm_and_hold_give_up_on_a_login_at_the_timeout(
+    mute_gateway: int, mode: str, count: str
+) -> None:
+    started = time.monotonic()
+    result = trackgate(
+        "simulate", mode, "--port", str(mute_gateway), count, "3",
+        "--timeout", "1", "--seconds", "1",
+    )  # fmt: skip
+    took = time.monotonic() - started
+
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    if mode == "storm":
+        assert (summary["connected"], summary["failures"]) == (3, {"TimeoutError": 3})
+    else:
+        assert (summary["held"], summary["refused"], summary["timed_out"]) == (0, 0, 3)
+    assert took < 4.0
+
+
 # netcheck -----------------------------------------------------------------
 
 

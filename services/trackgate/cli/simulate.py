@@ -28,6 +28,9 @@ _FIRST_IMEI_LIMIT = 10**14
 #: two SYN retransmissions (1 s, then 3 s), shortened to --timeout.
 _REACH_S = 5.0
 
+#: How long fleet and throughput run at most, unless --timeout says.
+RUN_TIMEOUT_S = 300.0
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="simulate")(simulate)
@@ -44,6 +47,10 @@ def _positive(value: float) -> float:
     if _finite(value) <= 0:
         raise typer.BadParameter(f"{value} is not above 0 seconds")
     return value
+
+
+def _positive_or_default(value: float | None) -> float | None:
+    return None if value is None else _positive(value)
 
 
 def simulate(
@@ -82,13 +89,16 @@ def simulate(
         typer.Option(min=0, max=_FIRST_IMEI_LIMIT - 1, help="Offset of the first IMEI"),
     ] = 0,
     timeout: Annotated[
-        float,
+        float | None,
         typer.Option(
-            callback=_positive,
-            help="Give up after this many seconds (fleet, throughput): no "
-            "connect, wait for a reply or pause outlasts it",
+            callback=_positive_or_default,
+            show_default=False,
+            help="Give up after this many seconds: fleet and throughput as a "
+            "whole, no connect, wait for a reply or pause outlasting it "
+            "(default 300); storm and hold per connection, connect and login "
+            "(default 30)",
         ),
-    ] = 300.0,
+    ] = None,
     warmup: Annotated[
         float,
         typer.Option(
@@ -136,7 +146,9 @@ def simulate(
         raise typer.Exit(2)
     started = time.monotonic()
     timed = mode in (Mode.fleet, Mode.throughput)
-    reach = min(_REACH_S, timeout) if timed else _REACH_S
+    if timeout is None:
+        timeout = RUN_TIMEOUT_S if timed else load.STORM_TIMEOUT_S
+    reach = min(_REACH_S, timeout)
     try:
         socket.create_connection((host, port), timeout=reach).close()
     except OSError as exc:
@@ -145,7 +157,8 @@ def simulate(
             why = f"no answer in {reach:g} s"
         _no_gateway(host, port, why)
         raise typer.Exit(2) from exc
-    timeout -= time.monotonic() - started
+    if timed:
+        timeout -= time.monotonic() - started
     total = {
         Mode.fleet: devices * packets * records,
         Mode.throughput: devices * packets * records,
@@ -162,6 +175,7 @@ def simulate(
                 seconds=seconds,
                 progress=advance,
                 first_imei=first_imei,
+                login_timeout=timeout,
             )
         return await throughput(
             host,
@@ -198,6 +212,7 @@ def simulate(
                     connections=connections,
                     progress=advance,
                     first_imei=first_imei,
+                    timeout=timeout,
                 )
             except load.LoadError as exc:
                 typer.echo(f"{_NAME}: {exc}", err=True)
@@ -223,6 +238,7 @@ def simulate(
         summary.get("devices_failed")
         or summary.get("refused")
         or summary.get("lost")
+        or summary.get("timed_out")
         or summary.get("failures")  # storm: connects or logins that failed
     )
     raise typer.Exit(1 if failed else 0)

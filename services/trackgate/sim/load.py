@@ -776,12 +776,13 @@ async def hold(
 ) -> dict[str, Any]:
     """Open N sessions (IMEI accepted) and keep them idle for ``seconds``.
 
-    ``refused`` counts the sessions that did not log in: the connect
-    failed, the IMEI was refused, or no reply came within
-    ``login_timeout``. Every session that logged in is watched for the
-    gateway closing it (EOF or reset) while it is held: ``lost`` counts
-    those, ``held`` the ones still open at the end. The hold ends early
-    once every session is lost; ``seconds`` is how long it lasted.
+    ``refused`` counts the sessions whose connect failed or whose IMEI was
+    refused, ``timed_out`` those without a reply within ``login_timeout``
+    (``login_seconds`` is how long the logins took). Every session that
+    logged in is watched for the gateway closing it (EOF or reset) while it
+    is held: ``lost`` counts those, ``held`` the ones still open at the
+    end. The hold ends early once every session is lost; ``seconds`` is how
+    long it lasted.
     ``on_held`` is called once every login has ended; what it returns is
     reported as ``measured``.
     """
@@ -799,7 +800,11 @@ async def hold(
                 async with asyncio.timeout(login_timeout):
                     await loop.create_connection(lambda: session, *address[:2])
                     reply = await session.reply
-            except (OSError, TimeoutError):
+            except TimeoutError:
+                watch.timed_out += 1
+                session.close()
+                return
+            except OSError:
                 watch.refused += 1
                 session.close()
                 return
@@ -811,7 +816,9 @@ async def hold(
             if progress is not None:
                 progress(len(watch.sessions))
 
+    logging_in = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(sessions)))
+    logins = time.monotonic() - logging_in
     extra = on_held() if on_held is not None else None
     started = time.monotonic()
     watch.logins_done()
@@ -826,6 +833,8 @@ async def hold(
         "held": len(watch.sessions) - watch.lost,
         "lost": watch.lost,
         "refused": watch.refused,
+        "timed_out": watch.timed_out,
+        "login_seconds": round(logins, 3),
         "seconds": round(elapsed, 3),
     }
     if extra is not None:
@@ -839,6 +848,7 @@ class _HoldWatch:
     def __init__(self) -> None:
         self.sessions: list[_HeldSession] = []
         self.refused = 0
+        self.timed_out = 0
         self.lost = 0
         self.all_lost = asyncio.Event()
         self.logging_in = True

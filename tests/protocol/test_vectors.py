@@ -19,6 +19,7 @@ from trackgate.protocol import (
     KeepAlive,
     RemoteProtocolError,
     TcpServerConnection,
+    UdpHead,
     decode_tcp_frame,
     decode_udp_datagram,
     encode_avl_packet,
@@ -27,6 +28,7 @@ from trackgate.protocol import (
     encode_imei,
     encode_udp_datagram,
     imei_reply,
+    read_udp_head,
     tcp_ack,
     udp_ack,
 )
@@ -125,6 +127,22 @@ def test_udp_vector_decodes_and_is_acked_by_packet_ids(vector: vec.Vector) -> No
         io_widths=vec.io_widths(vector["id"]),
     )
     assert rebuilt == data
+
+
+@pytest.mark.parametrize("vector", vec.UDP_AVL, ids=vec.ids(vec.UDP_AVL))
+def test_udp_vector_head_reads_alone_and_cut(vector: vec.Vector) -> None:
+    data = vec.frame_bytes(vector)
+    expected = vector["expected"]
+    imei_end = 8 + len(expected["imei"])
+
+    whole = read_udp_head(data)
+    cut = read_udp_head(data[: imei_end - 1])
+
+    ids = (expected["packet_id"], expected["avl_packet_id"])
+    assert whole == UdpHead(len(data) - 2, *ids, expected["imei"])
+    assert cut == whole._replace(imei=None)
+    assert read_udp_head(data[:imei_end]) == whole
+    assert read_udp_head(data[:7]) is None
 
 
 @pytest.mark.parametrize("vector", vec.GPRS, ids=vec.ids(vec.GPRS))

@@ -50,7 +50,6 @@ from trackgate.protocol import (
     AVL_CODECS,
     GPRS_CODECS,
     IMEI_MAX_DIGITS,
-    IMEI_MIN_DIGITS,
     AvlPacket,
     Event,
     GprsMessage,
@@ -61,6 +60,7 @@ from trackgate.protocol import (
     TcpServerConnection,
     decode_tcp_frame,
     decode_udp_datagram,
+    read_udp_head,
 )
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,6 @@ _IMEI_REPLY_SIZE = 1
 _TCP_ACK = struct.Struct(">I")
 _UDP_ACK = struct.Struct(">HHBBB")  # length 5, packet id, 01, AVL packet id, count
 _UDP_ACK_LENGTH = 5
-# length, packet id, not usable byte, AVL packet id, IMEI length: the head of
-# a device datagram, enough to match a reply when the rest was not captured.
-_UDP_HEAD = struct.Struct(">HHBBH")
 _IPV6_HEADER = 40  # fixed header, not counted in the IPv6 payload length
 _GPRS_COMMAND_CODECS = frozenset({12, 14})
 _COMMAND_HEAD = struct.Struct(">II")  # zero preamble, data length
@@ -1193,16 +1190,10 @@ def _udp_head(data: bytes, size: int) -> tuple[str | None, int | None]:
     bytes on the wire; ``(None, None)`` when the head is not a Teltonika one
     (its length field counts the bytes after it), a ``None`` IMEI when the
     cut fell inside it."""
-    if len(data) < _UDP_HEAD.size:
+    head = read_udp_head(data)
+    if head is None or head.length != size - 2:
         return None, None
-    length, _, _, avl_packet_id, imei_length = _UDP_HEAD.unpack_from(data)
-    if length != size - 2:
-        return None, None
-    raw = data[_UDP_HEAD.size : _UDP_HEAD.size + imei_length]
-    whole = len(raw) == imei_length and raw.isdigit()
-    if whole and IMEI_MIN_DIGITS <= imei_length <= IMEI_MAX_DIGITS:
-        return raw.decode("ascii"), int(avl_packet_id)
-    return None, int(avl_packet_id)
+    return head.imei, head.avl_packet_id
 
 
 def _address(raw: bytes) -> str:

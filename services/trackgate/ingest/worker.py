@@ -55,20 +55,16 @@ from trackgate.ingest.session import TcpSession
 from trackgate.ingest.settings import IngestSettings
 from trackgate.ingest.sockets import configure_listener, open_listeners, read_somaxconn
 from trackgate.protocol import (
-    IMEI_MAX_DIGITS,
-    IMEI_MIN_DIGITS,
     REMOTE_ERROR_KINDS,
     GprsMessage,
     RemoteProtocolError,
     decode_udp_datagram,
+    read_udp_head,
     udp_ack,
 )
 
 log = logging.getLogger("trackgate.ingest")
 
-#: A device's datagram header before its IMEI: length, packet id, not-usable
-#: byte, AVL packet id, IMEI length (2 + 2 + 1 + 1 + 2 bytes).
-UDP_HEADER_SIZE = 8
 #: How often timeouts, somaxconn and the parent process are checked.
 SWEEP_INTERVAL_S = 1.0
 LOOP_LAG_INTERVAL_S = 0.25
@@ -921,20 +917,10 @@ def _header_imei(data: bytes) -> str:
     """The IMEI of a datagram's header when it can be read, else ``-``.
 
     For the log of a datagram that failed to decode: a bad record count or
-    codec further on still names its device. Only an IMEI that is all
-    digits and of an allowed length is shown.
+    codec further on still names its device.
     """
-    if len(data) < UDP_HEADER_SIZE:
-        return "-"
-    length = int.from_bytes(data[UDP_HEADER_SIZE - 2 : UDP_HEADER_SIZE], "big")
-    raw = data[UDP_HEADER_SIZE : UDP_HEADER_SIZE + length]
-    if (
-        len(raw) != length
-        or not IMEI_MIN_DIGITS <= length <= IMEI_MAX_DIGITS
-        or not raw.isdigit()
-    ):
-        return "-"
-    return raw.decode("ascii")
+    head = read_udp_head(data)
+    return head.imei if head is not None and head.imei else "-"
 
 
 def _listener(sock: socket.socket) -> dict[str, str]:

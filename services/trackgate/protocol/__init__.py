@@ -64,8 +64,10 @@ from trackgate.protocol._readers import (
     CODEC_16,
     GPRS_CODECS,
     RECORD_DECODER,
+    UdpHead,
     decode_tcp_frame,
     decode_udp_datagram,
+    read_udp_head,
 )
 from trackgate.protocol._writers import (
     COMMAND_TYPE,
@@ -119,6 +121,7 @@ __all__ = [
     "TcpServerConnection",
     "TruncatedFrame",
     "UdpDatagram",
+    "UdpHead",
     "UnknownCodec",
     "crc16_ibm",
     "decode_stream",
@@ -131,6 +134,7 @@ __all__ = [
     "encode_udp_datagram",
     "imei_reply",
     "iter_stream",
+    "read_udp_head",
     "starts_with_login",
     "tcp_ack",
     "udp_ack",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import NamedTuple
 
 from trackgate.protocol._crc import crc16_ibm
 from trackgate.protocol._errors import (
@@ -419,6 +420,28 @@ def decode_tcp_frame(frame: bytes) -> AvlPacket | GprsMessage:
             f"header announces {wanted} bytes, got {len(frame)}", offset=wanted
         )
     return read_tcp_frame(frame, length)
+
+
+class UdpHead(NamedTuple):
+    """The fields of a device datagram before its AVL data."""
+
+    length: int  # the length field: bytes after it
+    packet_id: int
+    avl_packet_id: int
+    imei: str | None  # None unless whole, all digits, of an allowed length
+
+
+def read_udp_head(data: bytes) -> UdpHead | None:
+    """The head of a device datagram, the rest left unread; None when
+    ``data`` is shorter than the fixed part. It names the device of a
+    datagram that fails to decode, or that a capture cut short."""
+    if len(data) < _UDP_HEAD.size:
+        return None
+    length, packet_id, _, avl_packet_id, imei_length = _UDP_HEAD.unpack_from(data)
+    raw = data[_UDP_HEAD.size : _UDP_HEAD.size + imei_length]
+    whole = len(raw) == imei_length and is_valid_imei(raw)
+    imei = raw.decode("ascii") if whole else None
+    return UdpHead(length, packet_id, avl_packet_id, imei)
 
 
 def decode_udp_datagram(data: bytes) -> UdpDatagram:

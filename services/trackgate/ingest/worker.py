@@ -337,7 +337,7 @@ class Worker:
         assert session.imei
         old = self.sessions.get(session.imei)
         if old is not None and old is not session:
-            if _newer(old, session):
+            if _order(old) > _order(session):
                 # A login that came late on a connection the device opened
                 # before the one it uses now.
                 self._replace(session, "a newer connection of the device owns it")
@@ -404,6 +404,8 @@ class Worker:
     # internals
 
     def _replace(self, old: TcpSession, why: str) -> None:
+        if self.sessions.get(old.imei) is old:
+            del self.sessions[old.imei]
         old.replaced = True
         self.telemetry.sessions_replaced.add(1)
         log.info("session replaced imei=%s peer=%s why=%s", old.imei, old.peer, why)
@@ -455,8 +457,6 @@ class Worker:
             log.warning("session status not written imei=%s: %s", session.imei, exc)
             return
         if not owned and not session.closed:
-            if self.sessions.get(session.imei) is session:
-                del self.sessions[session.imei]
             self._replace(session, "a newer connection of the device owns it")
 
     async def _mark_closed(self, imei: str, session_id: str) -> None:
@@ -646,15 +646,14 @@ class Worker:
         if session is None or event.get("origin") == self.name:
             return  # this worker replaces its own sessions as they log in
         claimed_at = event.get("started_at")
-        claimed_id = str(event.get("session_id"))
         # Only a newer session takes over: a late claim of an older one (the
         # bus does not order messages against logins) must not win, and of
         # two sessions started in one millisecond exactly one does.
-        if not isinstance(claimed_at, int) or (claimed_at, claimed_id) > (
-            _started_ms(session),
-            session.session_id,
-        ):
-            del self.sessions[imei]
+        if not isinstance(claimed_at, int):
+            newer = True
+        else:
+            newer = (claimed_at, str(event.get("session_id"))) > _order(session)
+        if newer:
             self._replace(session, "device connected to another instance")
 
     async def _watch_streams(self) -> None:
@@ -932,10 +931,10 @@ def _started_ms(session: TcpSession) -> int:
     return int(session.started_at * 1000)
 
 
-def _newer(a: TcpSession, b: TcpSession) -> bool:
-    """Whether ``a`` is the newer session of its device: the later accepted,
-    then the larger id (the order every worker and pod agrees on)."""
-    return (_started_ms(a), a.session_id) > (_started_ms(b), b.session_id)
+def _order(session: TcpSession) -> tuple[int, str]:
+    """Of two sessions of a device, the larger is the newer: the later
+    accepted, then the larger id (the order every worker and pod agrees on)."""
+    return _started_ms(session), session.session_id
 
 
 def _reason_kind(reason: str) -> str:

@@ -82,9 +82,14 @@ class _Context:
         return f"across this network namespace (all ports, not only {self.port})"
 
     @property
+    def nothing_listens(self) -> bool:
+        """A port was asked about, the listeners were read, and none is on it."""
+        return self.port is not None and self.after.listeners == ()
+
+    @property
     def elsewhere(self) -> str:
         """A note for listener counters when nothing listens on the port."""
-        if self.port is None or self.after.listeners != ():
+        if not self.nothing_listens:
             return ""
         return f"; nothing listens on port {self.port}, so this was another port"
 
@@ -144,7 +149,7 @@ def overall_status(found: list[Finding]) -> str:
 def _no_listener(ctx: _Context) -> Iterator[Finding]:
     # Registered first: among critical findings it is the one to read first,
     # since the namespace-wide counters below cannot come from this port.
-    if ctx.port is None or ctx.after.listeners != ():
+    if not ctx.nothing_listens:
         return
     yield Finding(
         "no_listener",

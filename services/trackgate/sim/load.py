@@ -25,7 +25,7 @@ import random
 import selectors
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -176,10 +176,9 @@ async def throughput(
     latencies = [x for d in fleet for x in d.ack_latencies]
     steady = [x for d in fleet for x in d.steady_latencies]
     acked = sum(d.records_acked for d in fleet)
-    connect_failures: dict[str, int] = {}
+    connect_failures: Counter[str] = Counter()
     for device in fleet:
-        for kind, count in device.connect_failures.items():
-            connect_failures[kind] = connect_failures.get(kind, 0) + count
+        connect_failures.update(device.connect_failures)
     return {
         "mode": "throughput",
         "devices": devices,
@@ -189,7 +188,7 @@ async def throughput(
         "records_acked": acked,
         "devices_failed": sum(isinstance(o, BaseException) for o in outcomes),
         "devices_connected": sum(d.connects > 0 for d in fleet),
-        "connect_failures": connect_failures,
+        "connect_failures": dict(connect_failures),
         "resends": sum(d.resends for d in fleet),
         "reconnects": sum(max(d.connects - 1, 0) for d in fleet),
         "seconds": round(elapsed, 3),
@@ -223,7 +222,7 @@ class _Device:
     newest_ms: int = 0
     connects: int = 0
     #: failed connects by what ended them (see :func:`_failure_kind`)
-    connect_failures: dict[str, int] = field(default_factory=dict)
+    connect_failures: Counter[str] = field(default_factory=Counter)
     packets_written: int = 0
     records_sent: int = 0
     resends: int = 0
@@ -302,8 +301,7 @@ class _Device:
                 self.reply_wait(),
             )
         except (OSError, TimeoutError) as exc:
-            kind = _failure_kind(exc)
-            self.connect_failures[kind] = self.connect_failures.get(kind, 0) + 1
+            self.connect_failures[_failure_kind(exc)] += 1
             raise
         try:
             # The session's timer bounds each reply; this also bounds the

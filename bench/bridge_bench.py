@@ -34,7 +34,12 @@ from tests.bridge.streams import entry_fields, record  # noqa: E402
 from tests.support.cluster import redis_cluster  # noqa: E402
 from tests.support.servers import redis_server, trackgate_env  # noqa: E402
 
-from trackgate.bridge import Bridge, BridgeSettings, BridgeStats, build_bridge  # noqa: E402
+from trackgate.bridge import (  # noqa: E402
+    Bridge,
+    BridgeSettings,
+    BridgeStats,
+    build_bridge,
+)
 from trackgate.core.keys import Keys  # noqa: E402
 from trackgate.core.redisconn import sync_client  # noqa: E402
 
